@@ -1,0 +1,33 @@
+# The two commands a fresh clone needs: `make serve` and `make test`. Both set up .venv first.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+EXTRA   ?= cpu
+
+.PHONY: setup serve test bench-select lint clean
+
+setup: $(STAMP)
+
+# Re-install only when pyproject.toml changed (the stamp is older than it).
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRA)]"
+	# PyPI's torchaudio and torchcodec are CUDA builds that cannot load beside CPU torch and break
+	# `import transformers` / `import vllm`; nothing here decodes audio or video, so drop them.
+	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip uninstall --quiet -y torchaudio torchcodec; fi
+	touch $(STAMP)
+
+serve: setup
+	$(PY) -m tokencomp.cli serve $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench-select: setup
+	$(PY) -m tokencomp.cli bench select $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check tokencomp serving eval training demo tests
+
+clean:
+	rm -rf .venv build *.egg-info

@@ -1,0 +1,70 @@
+"""Importance signals against transformers' own eager attention and hand computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from tokencomp.base import Signals
+from tokencomp.signals import (
+    cls_attention,
+    feature_norm,
+    qk_from_fused_qkv,
+    qk_from_hf_clip_layer,
+    resolve_importance,
+    text_relevance,
+)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                              image_size=56, patch_size=14)
+    config._attn_implementation = "eager"  # the only implementation that returns attention maps
+    return CLIPVisionModel(config).eval()
+
+
+@pytest.mark.parametrize("layer_idx", [0, 1, 2])
+def test_cls_attention_matches_eager_attention_map(clip, layer_idx):
+    pixels = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        out = clip(pixel_values=pixels, output_attentions=True, output_hidden_states=True)
+        layer = clip.encoder.layers[layer_idx]
+        q, k = qk_from_hf_clip_layer(layer, out.hidden_states[layer_idx][0])
+    expected = out.attentions[layer_idx][0, :, 0, 1:].mean(dim=0)  # [16]
+    got = cls_attention(q, k, num_heads=4)
+    assert got.shape == (16,)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_fused_qkv_weights_give_the_same_q_k(clip):
+    layer = clip.encoder.layers[1]
+    attn = layer.self_attn
+    fused = torch.nn.Module()
+    fused.layer_norm1 = layer.layer_norm1
+    fused.self_attn = torch.nn.Module()
+    fused.self_attn.qkv_proj = torch.nn.Linear(32, 96)
+    with torch.no_grad():
+        fused.self_attn.qkv_proj.weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+        fused.self_attn.qkv_proj.bias.copy_(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+        hidden = torch.randn(17, 32)
+        for a, b in zip(qk_from_fused_qkv(fused, hidden), qk_from_hf_clip_layer(layer, hidden)):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_text_relevance_and_norm_by_hand():
+    tokens = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    s = 2**-0.5
+    assert torch.allclose(text_relevance(tokens, text), torch.tensor([0.5, 0.5, s]))
+    assert torch.allclose(feature_norm(tokens), torch.tensor([1.0, 2.0, 2**0.5]))
+
+
+def test_resolve_importance_prefers_explicit_and_normalises():
+    tokens = torch.randn(4, 3)
+    r = resolve_importance(tokens, Signals(importance=torch.tensor([2.0, 4.0, 3.0, 6.0])), "m")
+    assert torch.allclose(r, torch.tensor([0.0, 0.5, 0.25, 1.0]))
+    with pytest.raises(ValueError, match="method 'm' needs an importance signal"):
+        resolve_importance(tokens, Signals(), "m")

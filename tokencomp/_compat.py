@@ -1,0 +1,67 @@
+"""Make PyPI torchvision importable beside CPU torch (DESIGN.md §5.1).
+
+PyPI's torchvision is a CUDA build; next to `torch==2.13.0+cpu` its C ops fail to load and its import dies in
+`torch.library.register_fake("torchvision::nms")` because the operator schema does not exist. Declaring the
+schemas first lets the pure-Python parts (transforms) import. Applied only when the C ops are really missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+_SCHEMAS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+)
+_library = None  # keep the Library object alive: dropping it would unregister the schemas
+
+
+def _torchvision_ops_missing() -> bool:
+    import torch
+
+    try:
+        torch.ops.torchvision.nms  # noqa: B018 - attribute lookup is the probe
+    except (AttributeError, RuntimeError):
+        return True
+    return False
+
+
+def patch_torchvision() -> bool:
+    """Declare torchvision's operator schemas when its C extension cannot provide them.
+
+    Returns True when the schemas were declared by this call. Safe to call any number of times, in any process,
+    before or after torch is imported; a no-op when torchvision is absent or healthy.
+    """
+    global _library
+    if _library is not None or importlib.util.find_spec("torchvision") is None:
+        return False
+    import sys
+
+    if "torchvision" in sys.modules:  # already imported (successfully): nothing to fix
+        return False
+    if not _torchvision_ops_missing():
+        return False
+    try:
+        _load_torchvision_extension()
+    except OSError:
+        pass
+    if not _torchvision_ops_missing():
+        return False
+    import torch
+
+    _library = torch.library.Library("torchvision", "DEF")
+    for schema in _SCHEMAS:
+        _library.define(schema)
+    return True
+
+
+def _load_torchvision_extension() -> None:
+    """Try the real C extension first: a CPU build of torchvision registers its ops when it loads."""
+    import glob
+    import os
+
+    import torch
+
+    spec = importlib.util.find_spec("torchvision")
+    for path in glob.glob(os.path.join(os.path.dirname(spec.origin), "_C*.so")):
+        torch.ops.load_library(path)

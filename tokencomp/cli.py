@@ -1,0 +1,55 @@
+"""`tokencomp` console script: one entry point, sub-commands imported lazily (vLLM and torch load slowly)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> (module exposing `add_arguments(parser)` and `run(args) -> int`, help line)
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("tokencomp.serving.cli", "start the OpenAI-compatible vLLM server with compression"),
+    "eval": ("tokencomp.eval.cli", "run VQA benchmarks over methods x budgets"),
+    "demo": ("tokencomp.demo.cli", "launch the Gradio demo"),
+    "train": ("tokencomp.training.cli", "train a model with a recipe"),
+    "bench": ("tokencomp.bench", "benchmarks (select: selection latency)"),
+}
+
+
+class CLIError(Exception):
+    """An error the user can fix; printed as one line, exit status 2."""
+
+
+def _load(name: str):
+    module_name, _ = _COMMANDS[name]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise CLIError(f"`tokencomp {name}` is not implemented yet") from None
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="tokencomp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_line) in _COMMANDS.items():
+        sub.add_parser(name, help=help_line, add_help=False)
+    known, rest = parser.parse_known_args(argv[:1])
+    name = known.command
+    try:
+        module = _load(name)
+        cmd_parser = argparse.ArgumentParser(prog=f"tokencomp {name}")
+        module.add_arguments(cmd_parser)
+        args = cmd_parser.parse_args(argv[1:] + rest)
+        return int(module.run(args) or 0)
+    except (CLIError, ValueError, FileNotFoundError) as exc:
+        print(f"tokencomp {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

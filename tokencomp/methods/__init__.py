@@ -1,0 +1,69 @@
+"""Registry of compression methods: one file per method, one import line below per file.
+
+A method is a function `(tokens [N, D], budget K, signals, **options) -> Compressed` decorated with
+`@register(name, uses=...)`; it may assume 1 <= K < N (the dispatcher handles the rest).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tokencomp.base import Compressed, Signals
+
+MethodFn = Callable[..., Compressed]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: MethodFn
+    uses: tuple[str, ...]  # Signals fields the method reads; the serving layer computes only these
+    generates: bool  # True: emits new tokens (merges) and an assignment; False: selects input tokens
+
+    def options(self) -> tuple[str, ...]:
+        """Keyword options the method accepts beyond (tokens, budget, signals)."""
+        params = list(inspect.signature(self.fn).parameters.values())[3:]
+        return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, *, uses: tuple[str, ...] = (), generates: bool = False) -> Callable[[MethodFn], MethodFn]:
+    unknown = set(uses) - set(Signals.names())
+    if unknown:
+        raise ValueError(f"method {name!r} uses unknown signals {sorted(unknown)}; known: {Signals.names()}")
+
+    def add(fn: MethodFn) -> MethodFn:
+        _REGISTRY[name] = Method(name, fn, tuple(uses), generates)
+        return fn
+
+    return add
+
+
+def available() -> list[str]:
+    """Names of all registered methods, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Method:
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}") from None
+
+
+from tokencomp.methods import (  # noqa: F401 - importing a module registers its method
+    cdpruner,
+    divprune,
+    id_pruner,
+    itg,
+    mmr,
+    none,
+    pool,
+    random_select,
+    visionzip,
+    vispruner,
+)

@@ -1,0 +1,56 @@
+"""VisionZip (Yang et al., CVPR 2025): dominant tokens by CLS attention + contextual tokens by merging.
+
+Dominant: the top-K_d tokens by CLS->patch attention. Contextual: of the rest, K_c targets at a uniform stride;
+every other remaining token joins its most similar target by key cosine, and a contextual token is the target
+plus the mean of what joined it. Split as the paper's runner: 54 + 10 at K = 64, the same ratio elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokencomp.base import Compressed, Signals, cosine_matrix
+from tokencomp.methods import register
+
+DOMINANT_SHARE = 54 / 64
+
+
+@register("visionzip", uses=("cls_attn", "keys"), generates=True)
+def visionzip(tokens: torch.Tensor, k: int, signals: Signals, *, dominant_share: float = DOMINANT_SHARE
+              ) -> Compressed:
+    if signals.cls_attn is None:
+        raise ValueError("method 'visionzip' needs cls_attn [N] (CLS->patch attention of the feature layer)")
+    if not 0.0 < dominant_share <= 1.0:
+        raise ValueError(f"dominant_share must be in (0, 1], got {dominant_share!r}")
+    n = tokens.shape[0]
+    n_dom = max(1, round(k * dominant_share))
+    n_ctx = k - n_dom
+    order = torch.sort(signals.cls_attn.float(), descending=True, stable=True).indices
+    dominant = order[:n_dom]
+    rest = torch.sort(order[n_dom:]).values
+    slot = torch.full((n,), -1, dtype=torch.long)  # without contextual tokens the rest is dropped
+    slot[dominant] = torch.arange(n_dom)
+    x = tokens.float()
+    out = [x[dominant]]
+    anchors = [dominant]
+    if n_ctx:
+        step = max(1, len(rest) // n_ctx)
+        pos = torch.arange(0, len(rest), step)[:n_ctx]
+        targets = rest[pos]
+        is_target = torch.zeros(len(rest), dtype=torch.bool)
+        is_target[pos] = True
+        others = rest[~is_target]
+        keys = (signals.keys if signals.keys is not None else tokens).float()
+        join = cosine_matrix(keys[others], keys[targets]).argmax(dim=1)  # [len(others)]
+        counts = torch.zeros(n_ctx).index_add_(0, join, torch.ones(len(others))).clamp_min(1)
+        merged = torch.zeros(n_ctx, x.shape[1]).index_add_(0, join, x[others]) / counts[:, None]
+        out.append(x[targets] + merged)
+        anchors.append(targets)
+        slot[targets] = n_dom + torch.arange(n_ctx)
+        slot[others] = n_dom + join
+    anchors_all = torch.cat(anchors)
+    order_out = torch.argsort(anchors_all)
+    rank = torch.empty_like(order_out)
+    rank[order_out] = torch.arange(k)
+    assignment = torch.where(slot >= 0, rank[slot.clamp(min=0)], -1)
+    return Compressed(tokens=torch.cat(out)[order_out], index=anchors_all[order_out], assignment=assignment)

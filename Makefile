@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	# PyPI's torchaudio and torchcodec are CUDA builds that cannot load beside CPU torch and break
 	# `import transformers` / `import vllm`; nothing here decodes audio or video, so drop them.
 	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip uninstall --quiet -y torchaudio torchcodec; fi
+	# vLLM's processes import torchvision before any plugin runs: arm the torchvision fix at interpreter start.
+	$(PY) -c "from tokencomp._compat import write_pth; print('installed', write_pth())"
 	touch $(STAMP)
 
 serve: setup

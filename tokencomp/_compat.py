@@ -8,6 +8,9 @@ schemas first lets the pure-Python parts (transforms) import. Applied only when 
 from __future__ import annotations
 
 import importlib.util
+import sys
+import sysconfig
+from pathlib import Path
 
 _SCHEMAS = (
     "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -35,8 +38,6 @@ def patch_torchvision() -> bool:
     global _library
     if _library is not None or importlib.util.find_spec("torchvision") is None:
         return False
-    import sys
-
     if "torchvision" in sys.modules:  # already imported (successfully): nothing to fix
         return False
     if not _torchvision_ops_missing():
@@ -65,3 +66,35 @@ def _load_torchvision_extension() -> None:
     spec = importlib.util.find_spec("torchvision")
     for path in glob.glob(os.path.join(os.path.dirname(spec.origin), "_C*.so")):
         torch.ops.load_library(path)
+
+
+class _TorchvisionHook:
+    """A meta-path finder that applies `patch_torchvision` just before torchvision is first imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            patch_torchvision()
+        return None  # let the normal finders import it
+
+
+def install_import_hook() -> None:
+    """Arm the fix for this interpreter without importing torch now (runs from a .pth file at start-up)."""
+    if "torchvision" not in sys.modules and not any(isinstance(f, _TorchvisionHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionHook())
+
+
+def write_pth() -> Path:
+    """Install a .pth file so every interpreter of this environment — vLLM's server and the engine processes it
+    spawns, which import torchvision before any plugin runs — arms the hook at start-up."""
+    target = Path(sysconfig.get_paths()["purelib"]) / "tokencomp-torchvision-fix.pth"
+    # Registered in sys.modules: it must outlive start-up (it holds the Library that keeps the schemas) and be
+    # loaded once even when site reads the .pth twice (a venv's lib64 -> lib link).
+    line = (
+        "import sys, importlib.util as _u; _n = '_tokencomp_compat'; "
+        f"_s = _u.spec_from_file_location(_n, {str(Path(__file__).resolve())!r}); "
+        "_n in sys.modules or (sys.modules.__setitem__(_n, _u.module_from_spec(_s)), "
+        "_s.loader.exec_module(sys.modules[_n])); sys.modules[_n].install_import_hook()\n"
+    )
+    target.write_text(line)
+    return target

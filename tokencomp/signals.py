@@ -7,7 +7,6 @@ from the layer's own q/k: it costs one [1, S] score row per head instead of the 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from tokencomp.base import Signals, cosine_matrix, minmax
 
@@ -37,11 +36,12 @@ def qk_from_hf_clip_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> tuple
 def qk_from_fused_qkv(layer: torch.nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k [S, D'] from a layer holding a fused `self_attn.qkv_proj` (vLLM's CLIP encoder layer).
 
-    Reads the weights directly, so it works on this rank's shard under tensor parallelism (D' = local heads).
+    Calls the projection module itself: vLLM may repack its weights for the CPU kernels, and under tensor
+    parallelism it yields this rank's heads (D' = local heads x head dim). vLLM's linear layers return
+    (output, bias); a plain nn.Linear returns the output.
     """
-    x = layer.layer_norm1(hidden)
-    proj = layer.self_attn.qkv_proj
-    qkv = F.linear(x, proj.weight, getattr(proj, "bias", None))
+    out = layer.self_attn.qkv_proj(layer.layer_norm1(hidden))
+    qkv = out[0] if isinstance(out, tuple) else out
     q, k, _ = qkv.chunk(3, dim=-1)
     return q, k
 

@@ -1,0 +1,33 @@
+"""The compression step both engines share: which signals a spec gets, applied to one image's visual tokens.
+
+The vLLM model (`serving.model`) and the transformers reference (`serving.hf_reference`) both call
+`compress_image`, so the two paths differ only in how they compute features, never in what they keep.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import tokencomp
+from tokencomp.base import Compressed
+from tokencomp.serving.spec import Spec
+from tokencomp.signals import cls_attention
+
+
+def vision_signals(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cls_attn [N], keys [N, Dh]) of one image from its feature layer's q, k [S, H*Dh] (token 0 = CLS);
+    keys are averaged over heads, as VisionZip compares them."""
+    s, width = k.shape
+    keys = k.float().view(s, num_heads, width // num_heads).mean(dim=1)[1:]
+    return cls_attention(q, k, num_heads), keys
+
+
+def compress_image(tokens: torch.Tensor, spec: Spec, *, cls_attn: torch.Tensor, keys: torch.Tensor,
+                   grid: tuple[int, int], text: torch.Tensor | None) -> Compressed:
+    """Apply `spec` to one image's projected tokens [N, D]; `text` [T, D] is used only when the spec reads it."""
+    if spec.method == "none":
+        return Compressed(tokens=tokens, index=torch.arange(tokens.shape[0]))
+    signals = {"cls_attn": cls_attn, "keys": keys, "grid": grid, "seed": spec.seed}
+    if spec.uses_text():
+        signals["text"] = text
+    return tokencomp.compress(tokens, spec.budget, spec.method, **signals, **spec.options)

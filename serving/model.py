@@ -1,0 +1,62 @@
+"""The model: vLLM's LLaVA with an `embed_multimodal` that returns K rows per image, chosen by tokencomp.
+
+Runs in the engine process. The vision tower runs layer by layer so that the feature layer's q/k can be read
+(vLLM's fused attention never materialises attention weights); everything the spec needs was validated by the
+processor in the API server, so nothing here raises on user input.
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm.model_executor.models.llava import (
+    LlavaDummyInputsBuilder,
+    LlavaForConditionalGeneration,
+    LlavaProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+
+from tokencomp.serving import spec
+from tokencomp.serving.compression import compress_image, vision_signals
+from tokencomp.serving.processor import TokenCompLlavaProcessor
+from tokencomp.signals import qk_from_fused_qkv
+
+_TC_FIELDS = ("tc_spec", "tc_options", "tc_text_ids")
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    TokenCompLlavaProcessor, info=LlavaProcessingInfo, dummy_inputs=LlavaDummyInputsBuilder
+)
+class TokenCompLlava(LlavaForConditionalGeneration):
+    """Every LLaVA checkpoint is served by this class once the plugin is installed; with method 'none' (the
+    default) it is vLLM's model unchanged. The processor only lets other methods through for CLIP towers."""
+
+    def embed_multimodal(self, **kwargs: object):
+        tc = {name: kwargs.pop(name, None) for name in _TC_FIELDS}
+        if tc["tc_spec"] is None or kwargs.get("pixel_values") is None:
+            return super().embed_multimodal(**kwargs)
+        image_input = self._parse_and_validate_image_input(**kwargs)
+        features, cls_attn, keys = self._tower_with_signals(image_input["pixel_values"])
+        projected = self.multi_modal_projector(features)  # [B, N, D]
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        out = []
+        for b in range(projected.shape[0]):
+            item_spec = spec.decode(tc["tc_spec"][b], tc["tc_options"][b])
+            text = None
+            if item_spec.uses_text():
+                text = self.language_model.embed_input_ids(tc["tc_text_ids"][b].to(projected.device))
+            out.append(compress_image(projected[b], item_spec, cls_attn=cls_attn[b], keys=keys[b], grid=(side, side),
+                                      text=text).tokens)
+        return out
+
+    def _tower_with_signals(self, pixel_values: torch.Tensor):
+        """(patch features [B, N, Dv], CLS attention [B, N], head-mean keys [B, N, Dh]) of the feature layer,
+        which is the last layer vLLM instantiates (the tower is truncated at vision_feature_layer)."""
+        tower = self.vision_tower.vision_model
+        hidden = tower.pre_layrnorm(tower.embeddings(pixel_values.to(tower.dtype)))
+        *layers, feature_layer = tower.encoder.layers
+        for layer in layers:
+            hidden = layer(hidden)
+        signals = [vision_signals(*qk_from_fused_qkv(feature_layer, h), feature_layer.self_attn.num_heads_per_partition)
+                   for h in hidden]
+        hidden = feature_layer(hidden)
+        return hidden[:, 1:], torch.stack([s[0] for s in signals]), torch.stack([s[1] for s in signals])

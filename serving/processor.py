@@ -1,0 +1,111 @@
+"""The multimodal processor: runs in vLLM's API-server process, decides how many placeholders each image gets.
+
+Per request it resolves the `tokencomp` spec (request kwargs over the server defaults in `hf_config.tokencomp`),
+rejects bad input as a 400 before anything reaches the engine, writes the resolved spec back into the request's
+kwargs so that vLLM's item hash — and so its processor, encoder and prefix caches — keys on it (plus the prompt's
+token ids when the method reads the question), and emits K image placeholders instead of N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+from vllm.exceptions import VLLMValidationError
+from vllm.model_executor.models.llava import LlavaMultiModalProcessor
+from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
+from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems
+from vllm.multimodal.processing import PromptReplacement, PromptUpdate
+
+from tokencomp.serving import metrics, spec
+
+logger = logging.getLogger("tokencomp.serving")
+
+
+def server_default(hf_config: object) -> spec.Spec:
+    """The server-wide default spec from `--hf-overrides '{"tokencomp": {...}}'` (`tokencomp serve` sets it)."""
+    raw = getattr(hf_config, spec.KEY, None)
+    return spec.parse(raw, max_budget=10**9) if raw else spec.Spec()
+
+
+def unsupported_reason(hf_config: object) -> str | None:
+    """Why this model's images cannot be compressed (None if they can): CLS attention needs a CLIP tower."""
+    tower = hf_config.vision_config.model_type
+    strategy = hf_config.vision_feature_select_strategy
+    if tower != "clip_vision_model" or strategy != "default":
+        return (f"tokencomp compresses LLaVA models with a CLIP vision tower and feature strategy 'default'; this "
+                f"model has {tower!r} / {strategy!r}: only method 'none' is available")
+    return None
+
+
+class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
+    def get_dummy_inputs(self, seq_len, mm_counts, mm_options):
+        # Profiling must see the most placeholders a request can ask for: the unmodified model's.
+        inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
+        return dataclasses.replace(inputs, hf_processor_mm_kwargs={spec.KEY: {"method": "none"}})
+
+    def apply(self, inputs, timing_ctx):
+        kwargs = dict(inputs.hf_processor_mm_kwargs)
+        other = sorted(set(kwargs) - {spec.KEY})
+        if other:
+            raise VLLMValidationError(f"mm_processor_kwargs accepts only {spec.KEY!r} on this server; got {other}",
+                                      parameter="mm_processor_kwargs")
+        images = inputs.mm_data_items.get("image") if "image" in inputs.mm_data_items else None
+        n_max = self.info.get_max_image_tokens()
+        try:
+            resolved = spec.parse(kwargs.get(spec.KEY), max_budget=n_max,
+                                  default=server_default(self.info.get_hf_config()))
+        except spec.SpecError as exc:
+            raise VLLMValidationError(str(exc), parameter=exc.field) from None
+        if resolved.method != "none":
+            why = unsupported_reason(self.info.get_hf_config())
+            if images is not None and not isinstance(images, ImageProcessorItems):
+                why = "tokencomp compresses pixel inputs only; image embeddings need method 'none'"
+            if why:
+                raise VLLMValidationError(why, parameter=f"{spec.P}.method")
+        payload = dataclasses.asdict(resolved)
+        if resolved.uses_text():
+            image_token = self.info.get_hf_config().image_token_index
+            payload["text_ids"] = [t for t in inputs.prompt if t != image_token]
+            if not payload["text_ids"]:
+                raise VLLMValidationError(f"method {resolved.method!r} reads the question, but the prompt has no text",
+                                          parameter="messages")
+        kwargs[spec.KEY] = payload  # the resolved spec is part of every item's hash from here on
+        out = super().apply(dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
+        if images is not None:
+            kept = [r.length for r in out["mm_placeholders"].get("image", [])]
+            metrics.record(resolved, images=len(kept), n_in=n_max * len(kept), n_out=sum(kept))
+            logger.info("tokencomp: method=%s budget=%s images=%d visual tokens %d -> %d", resolved.method,
+                        resolved.budget, len(kept), n_max * len(kept), sum(kept))
+        return out
+
+    def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]):
+        hf_kwargs = dict(hf_kwargs)
+        payload = hf_kwargs.pop(spec.KEY)  # never reaches the HF processor
+        out = super()._call_hf_processor(hf_data, hf_kwargs)
+        n_images = len(out["pixel_values"])
+        resolved = spec.Spec(**{k: v for k, v in payload.items() if k != "text_ids"})
+        out.update(spec.encode(resolved, n_images))
+        text_ids = torch.tensor(payload.get("text_ids", []), dtype=torch.long)
+        out["tc_text_ids"] = text_ids.repeat(n_images, 1)
+        return out
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        for name in ("tc_spec", "tc_options", "tc_text_ids"):
+            fields[name] = MultiModalFieldConfig.batched("image", keep_on_cpu=True)
+        return fields
+
+    def _get_prompt_updates(self, mm_items: MultiModalDataItems, hf_processor_mm_kwargs: Mapping[str, object],
+                            out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]:
+        (update,) = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        payload = hf_processor_mm_kwargs[spec.KEY]
+        resolved = spec.Spec(**{k: v for k, v in payload.items() if k != "text_ids"})
+
+        def replacement(item_idx: int) -> list[int]:
+            full = update.replacement(item_idx)
+            return full[: resolved.tokens_out(len(full))]
+
+        return [PromptReplacement(modality="image", target=update.target, replacement=replacement)]

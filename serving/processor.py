@@ -13,13 +13,12 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import torch
+from tokencomp.serving import metrics, spec
 from vllm.exceptions import VLLMValidationError
 from vllm.model_executor.models.llava import LlavaMultiModalProcessor
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
-
-from tokencomp.serving import metrics, spec
 
 logger = logging.getLogger("tokencomp.serving")
 

@@ -9,6 +9,7 @@ Every error is a ValueError whose message names the field and the allowed values
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -123,5 +124,5 @@ def decode(ints: torch.Tensor, opts: torch.Tensor) -> Spec:
     method_id, budget, seed, question_aware = (int(v) for v in ints.tolist())
     method = tokencomp.methods.available()[method_id]
     names = tokencomp.methods.get(method).options()
-    options = {name: value for name, value in zip(names, opts.tolist()) if value == value}  # drop NaN
+    options = {name: value for name, value in zip(names, opts.tolist()) if not math.isnan(value)}
     return Spec(method, budget or None, bool(question_aware), seed, options)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokencomp.training.llava_hf import save_llava_hf
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     CLIPImageProcessor,
@@ -18,11 +19,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from tokencomp.training.llava_hf import save_llava_hf
-
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-WORDS = ("what is the colour shape of object in image left right red green blue yes no how many one two three "
-         "USER: ASSISTANT: ? . , a an").split()
+WORDS = ["what", "is", "the", "colour", "shape", "of", "object", "in", "image", "left", "right", "red", "green", "blue", "yes", "no", "how", "many", "one", "two", "three", "USER:", "ASSISTANT:", "?", ".", ",", "a", "an"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
@@ -50,7 +48,8 @@ def make_llava(path: Path, seed: int = 0) -> Path:
                                        num_attention_heads=4, image_size=336, patch_size=14, projection_dim=64),
         text_config=LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                                 num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=2048,
-                                bos_token_id=1, eos_token_id=2, pad_token_id=3),
+                                bos_token_id=1, eos_token_id=2, pad_token_id=3,
+                                initializer_range=0.3),  # large enough that answers depend on the image
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",

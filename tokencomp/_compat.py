@@ -75,7 +75,7 @@ class _TorchvisionHook:
         if name == "torchvision":
             sys.meta_path.remove(self)
             patch_torchvision()
-        return None  # let the normal finders import it
+        # let the normal finders import it
 
 
 def install_import_hook() -> None:

@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 EXTRA   ?= cpu
 
-.PHONY: setup serve test bench-select lint clean
+.PHONY: setup serve test demo demo-screenshot browser bench-select lint clean
 
 setup: $(STAMP)
 
@@ -22,8 +22,19 @@ $(STAMP): pyproject.toml
 serve: setup
 	$(PY) -m tokencomp.cli serve $(ARGS)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m tokencomp.cli demo $(ARGS)
+
+# A PNG of the demo page after a real question (embedded in the README).
+demo-screenshot: setup browser
+	$(PY) -m tokencomp.demo.browser --model models/tokencomp-tiny-llava --image demo/example.png --out demo/screenshot.png
+
+# The browser tests drive Debian's chromium (Playwright's own browser download cannot work offline).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 bench-select: setup
 	$(PY) -m tokencomp.cli bench select $(ARGS)

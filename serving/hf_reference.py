@@ -6,17 +6,21 @@ kept tokens come from the same `compress_image` the vLLM model calls; generation
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from PIL import Image
 from tokencomp.serving.compression import compress_image, vision_signals
 from tokencomp.serving.spec import Spec
 
+from tokencomp.base import Compressed
 from tokencomp.signals import qk_from_hf_clip_layer
 
 
 @torch.no_grad()
-def compressed_image_tokens(model, pixel_values: torch.Tensor, spec: Spec, text_ids: torch.Tensor) -> torch.Tensor:
-    """[K, D] LLM-input rows for one image [1, 3, H, W] of a transformers `LlavaForConditionalGeneration`."""
+def compress_pixels(model, pixel_values: torch.Tensor, spec: Spec, text_ids: torch.Tensor) -> Compressed:
+    """The K LLM-input rows (and which patches they came from) for one image [1, 3, H, W] of a transformers
+    `LlavaForConditionalGeneration`; `text_ids` are the prompt's non-image token ids."""
     config = model.config
     layer_idx = config.vision_feature_layer
     tower = model.model.vision_tower
@@ -27,21 +31,39 @@ def compressed_image_tokens(model, pixel_values: torch.Tensor, spec: Spec, text_
     projected = model.model.multi_modal_projector(hidden[layer_idx][:, 1:])[0]
     side = config.vision_config.image_size // config.vision_config.patch_size
     text = model.get_input_embeddings()(text_ids) if spec.uses_text() else None
-    return compress_image(projected, spec, cls_attn=cls_attn, keys=keys, grid=(side, side), text=text).tokens
+    return compress_image(projected, spec, cls_attn=cls_attn, keys=keys, grid=(side, side), text=text)
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int
+    compressed: Compressed  # what the language model saw of the image
+
+
+def prompt_ids(processor, question: str) -> torch.Tensor:
+    """Token ids [L] of a one-image chat prompt (the chat template vLLM's server applies too)."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    return processor.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids[0]
+
+
+def compress_image_for_question(model, processor, image: Image.Image, question: str, spec: Spec) -> Compressed:
+    ids = prompt_ids(processor, question)
+    pixel_values = processor.image_processor(image, return_tensors="pt").pixel_values
+    return compress_pixels(model, pixel_values, spec, ids[ids != model.config.image_token_index])
 
 
 @torch.no_grad()
-def generate(model, processor, image: Image.Image, question: str, spec: Spec, max_new_tokens: int = 8) -> str:
+def answer(model, processor, image: Image.Image, question: str, spec: Spec, max_new_tokens: int = 8) -> Answer:
     """Greedy answer of `model` to a one-image chat question under `spec`."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    ids = processor.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    image_token = model.config.image_token_index
-    (pos,) = (ids == image_token).nonzero()[0].tolist()
-    pixel_values = processor.image_processor(image, return_tensors="pt").pixel_values
-    rows = compressed_image_tokens(model, pixel_values, spec, ids[ids != image_token])
+    ids = prompt_ids(processor, question)
+    (pos,) = (ids == model.config.image_token_index).nonzero()[0].tolist()
+    compressed = compress_image_for_question(model, processor, image, question, spec)
     embed = model.get_input_embeddings()
-    inputs_embeds = torch.cat([embed(ids[:pos]), rows.to(embed.weight.dtype), embed(ids[pos + 1:])])[None]
-    out = model.generate(inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long),
-                         max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.tokenizer.decode(out[0], skip_special_tokens=True)
+    inputs_embeds = torch.cat([embed(ids[:pos]), compressed.tokens.to(embed.weight.dtype), embed(ids[pos + 1:])])[None]
+    mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long)
+    out = model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                         do_sample=False)
+    text = processor.tokenizer.decode(out[0], skip_special_tokens=True)
+    return Answer(text=text, prompt_tokens=inputs_embeds.shape[1], compressed=compressed)

@@ -14,7 +14,7 @@ import openai
 import pytest
 import torch
 from PIL import Image
-from tokencomp.serving.hf_reference import generate
+from tokencomp.serving.hf_reference import answer
 from tokencomp.serving.launcher import free_port, running
 from tokencomp.serving.server import ServerConfig
 from tokencomp.serving.spec import Spec
@@ -88,7 +88,7 @@ def test_served_greedy_output_equals_transformers_reference(client, reference, m
     for seed in range(3):
         spec = Spec(method, None if method == "none" else 64)
         served = ask(client, [_image(seed)], {"method": method, "budget": 64} if spec.budget else {"method": "none"})
-        expected = generate(model, processor, _image(seed), QUESTION, spec, max_new_tokens=5)
+        expected = answer(model, processor, _image(seed), QUESTION, spec, max_new_tokens=5).text
         assert served.choices[0].message.content.strip() == expected.strip(), (method, seed)
 
 
@@ -97,7 +97,7 @@ def test_question_aware_selection_follows_the_question(client, reference):
     tc = {"method": "id_pruner", "budget": 32, "question_aware": True}
     for question in ["what is the colour ?", "how many red object ?", "what shape is in the image ?"]:
         served = ask(client, [_image(5)], tc, question=question).choices[0].message.content.strip()
-        assert served == generate(model, processor, _image(5), question, Spec("id_pruner", 32, True), 5).strip()
+        assert served == answer(model, processor, _image(5), question, Spec("id_pruner", 32, True), 5).text.strip()
 
 
 BAD_TOKENCOMP = [

@@ -1,0 +1,134 @@
+"""Training components for the tiny LLaVA recipe: the model shape, per-patch tower heads, batching of QA turns
+on cached tower features, and the optimizer registry (trainers are swapped by name)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokencomp.training import scenes
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+IGNORE = -100
+
+
+def build_model(vocab_size: int, *, image_token_id: int, pad_id: int, bos_id: int, eos_id: int,
+                vision_width: int = 128, vision_layers: int = 5, text_width: int = 128, text_layers: int = 4
+                ) -> LlavaForConditionalGeneration:
+    """The shipped shape: CLIP ViT (patch 14, 336 px -> 576 patches + CLS, features from layer -2), 2-layer GELU
+    projector, LLaMA decoder. LLM heads are 32 wide: vLLM's CPU attention supports head sizes 32, 64, 80, ..."""
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=vision_width, intermediate_size=4 * vision_width,
+                                       num_hidden_layers=vision_layers, num_attention_heads=vision_width // 32,
+                                       image_size=scenes.SIZE, patch_size=scenes.PATCH, projection_dim=vision_width),
+        text_config=LlamaConfig(hidden_size=text_width, intermediate_size=3 * text_width,
+                                num_hidden_layers=text_layers, num_attention_heads=text_width // 32,
+                                num_key_value_heads=text_width // 32, vocab_size=vocab_size,
+                                max_position_embeddings=1024, bos_token_id=bos_id, eos_token_id=eos_id,
+                                pad_token_id=pad_id, tie_word_embeddings=False),
+        image_token_index=image_token_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    return LlavaForConditionalGeneration(config)
+
+
+def tower_features(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Patch features [B, 576, Dv] of the feature layer (-2), CLS dropped: what the projector receives."""
+    hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    return hidden[model.config.vision_feature_layer][:, 1:]
+
+
+class PatchHeads(torch.nn.Module):
+    """Dense pre-training targets for the tower: per-patch colour / shape / size / sign letter, plus object-level
+    shape / size / colour from features pooled over each object's patches (a patch rarely shows a whole shape;
+    the pooled target makes the tower put object context into every patch of the object)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.sizes = {"colour": len(scenes.COLOURS) + 1, "shape": len(scenes.SHAPES) + 1,
+                      "size": len(scenes.SIZES) + 1, "letter": len(scenes.LETTERS) + 1}
+        self.patch = torch.nn.ModuleDict({k: torch.nn.Linear(width, n) for k, n in self.sizes.items()})
+        self.object = torch.nn.ModuleDict({k: torch.nn.Linear(width, self.sizes[k]) for k in ("colour", "shape", "size")})
+
+    def loss(self, feats: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """feats [B, 576, D]; labels: name -> [B, 576] int64. Returns the summed loss and per-patch accuracies."""
+        total, acc = feats.new_zeros(()), {}
+        for name, head in self.patch.items():
+            logits = head(feats)
+            total = total + F.cross_entropy(logits.flatten(0, 1), labels[name].flatten())
+            fg = labels[name] > 0  # accuracy on the informative patches
+            acc[name] = float((logits.argmax(-1)[fg] == labels[name][fg]).float().mean()) if fg.any() else 1.0
+        obj = labels["object"]
+        n_obj = int(obj.max()) + 1
+        index = (obj + torch.arange(len(obj))[:, None] * n_obj).flatten()  # object id unique across the batch
+        pooled = torch.zeros(len(obj) * n_obj, feats.shape[-1]).index_add_(0, index, feats.flatten(0, 1))
+        counts = torch.zeros(len(obj) * n_obj).index_add_(0, index, torch.ones(index.shape))
+        keep = (counts > 0) & (torch.arange(len(counts)) % n_obj != 0)
+        pooled = pooled[keep] / counts[keep, None]
+        for name, head in self.object.items():
+            target = torch.zeros(len(counts), dtype=torch.long).scatter_(0, index, labels[name].flatten())[keep]
+            logits = head(pooled)
+            total = total + F.cross_entropy(logits, target)
+            acc[f"object_{name}"] = float((logits.argmax(-1) == target).float().mean())
+        return total, acc
+
+
+def qa_sequence(tokenizer, questions: list[dict], n_image_tokens: int, rng: np.random.Generator
+                ) -> tuple[list[int], list[int]]:
+    """(input ids, labels) for one image and all its questions as chat turns in random order; the image's
+    placeholder is expanded to n_image_tokens ids; only answers (and their </s>) are trained on."""
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    eos = tokenizer.eos_token_id
+    ids, labels = [], []
+    for turn, i in enumerate(rng.permutation(len(questions))):
+        q = questions[i]
+        prompt = tokenizer(("USER: " if turn == 0 else " USER: ") + q["question"] + " ASSISTANT:",
+                           add_special_tokens=False).input_ids
+        if turn == 0:
+            prompt = prompt[:2] + [image_id] * n_image_tokens + prompt[2:]
+        answer = tokenizer(q["answer"], add_special_tokens=False).input_ids + [eos]
+        ids += prompt + answer
+        labels += [IGNORE] * len(prompt) + answer
+    return ids, labels
+
+
+def lm_loss(model: LlavaForConditionalGeneration, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+            feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token loss on answer tokens. ids/labels/mask [B, L] with 576 image ids per row, feats [B, 576, Dv].
+    Returns (loss, per-row flag: every answer token of the row predicted right)."""
+    embed = model.get_input_embeddings()
+    is_image = ids == model.config.image_token_index
+    inputs = embed(ids.masked_fill(is_image, 0))
+    inputs = inputs.masked_scatter(is_image[..., None], model.model.multi_modal_projector(feats).to(inputs.dtype))
+    hidden = model.model.language_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+    logits = model.lm_head(hidden[:, :-1])
+    target = labels[:, 1:]
+    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+    right = (logits.argmax(-1) == target) | (target == IGNORE)
+    return loss, right.all(dim=1)
+
+
+def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    labels = torch.full((len(rows), width), IGNORE)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (i, lab) in enumerate(rows):
+        ids[r, : len(i)], labels[r, : len(lab)], mask[r, : len(i)] = torch.tensor(i), torch.tensor(lab), 1
+    return ids, labels, mask
+
+
+def adamw(params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+
+
+# Trainers are looked up by name so later ones (SAM family, sparse, distillation) plug into the same recipe.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adamw": adamw}
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr)

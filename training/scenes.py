@@ -92,7 +92,7 @@ def render(scene: Scene) -> Image.Image:
         else:
             draw.polygon([(o.x, o.y - r), (o.x - r, o.y + r), (o.x + r, o.y + r)], fill=fill)
     if scene.text:
-        x0, y0, x1, y1 = scene.sign_box
+        x0, y0 = scene.sign_box[:2]
         draw.rectangle(scene.sign_box, fill=(255, 255, 255), outline=(0, 0, 0), width=2)
         font = ImageFont.load_default(size=17)
         for i, ch in enumerate(scene.text.upper()):

@@ -1,0 +1,101 @@
+"""The procedural scene generator: determinism, disjoint splits, and answers checked against rendered pixels."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+
+import numpy as np
+import pytest
+
+from tokencomp.training import scenes
+
+
+def _blobs(pixels: np.ndarray, rgb: tuple[int, int, int]) -> list[set[tuple[int, int]]]:
+    """4-connected regions of exactly this colour (objects never touch: placement keeps 6 px apart)."""
+    mask = np.all(pixels == rgb, axis=-1)
+    seen = np.zeros_like(mask)
+    regions = []
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
+            continue
+        region, queue = set(), deque([(y, x)])
+        seen[y, x] = True
+        while queue:
+            cy, cx = queue.popleft()
+            region.add((cy, cx))
+            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                if 0 <= ny < scenes.SIZE and 0 <= nx < scenes.SIZE and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    queue.append((ny, nx))
+        regions.append(region)
+    return regions
+
+
+def test_same_index_same_scene_and_pixels():
+    for i in range(5):
+        a, b = scenes.make_scene("train", i), scenes.make_scene("train", i)
+        assert a == b
+        assert np.array_equal(np.asarray(scenes.render(a)), np.asarray(scenes.render(b)))
+
+
+def test_splits_are_disjoint():
+    graphs = {split: [scenes.make_scene(split, i) for i in range(40)] for split in ("train", "val", "test")}
+    as_key = lambda s: (tuple((o.shape, o.colour, o.size, o.x, o.y) for o in s.objects), s.text)  # noqa: E731
+    keys = {split: {as_key(s) for s in g} for split, g in graphs.items()}
+    assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
+    with pytest.raises(ValueError, match="split must be one of train, val, test"):
+        scenes.make_scene("dev", 0)
+
+
+@pytest.mark.parametrize("index", range(12))
+def test_graph_matches_pixels_and_answers_match_graph(index):
+    scene = scenes.make_scene("test", index)
+    pixels = np.asarray(scenes.render(scene))
+    for name, rgb in scenes.COLOURS.items():  # one blob per object of each colour, centred on the object
+        blobs = _blobs(pixels, rgb)
+        objects = [o for o in scene.objects if o.colour == name]
+        assert len(blobs) == len(objects)
+        for o in objects:
+            assert any((o.y, o.x) in b or (o.y + 2, o.x) in b for b in blobs)
+    for q in scene.questions:
+        words = q["question"].rstrip("?").split()
+        if q["family"] == "count":
+            shape = words[2].rstrip("s")
+            assert q["answer"] == scenes.NUMBERS[sum(o.shape == shape for o in scene.objects)]
+        elif q["family"] == "colour":
+            (o,) = [o for o in scene.objects if o.shape == words[-1]]
+            assert tuple(pixels[o.y + 2, o.x]) == scenes.COLOURS[q["answer"]]
+        elif q["family"] == "exist":
+            colour, shape = words[-2], words[-1]
+            assert (q["answer"] == "yes") == any(o.colour == colour and o.shape == shape for o in scene.objects)
+        elif q["family"] == "text":
+            assert q["answer"] == scene.text and 2 <= len(scene.text) <= 4
+
+
+def test_every_family_and_pope_split_occurs_and_small_objects_exist():
+    qs = [q for i in range(300) for q in scenes.make_scene("train", i).questions]
+    assert {q["family"] for q in qs} == set(scenes.FAMILIES)
+    assert {q["pope"] for q in qs if q["family"] == "exist"} == set(scenes.POPE_SPLITS)
+    yes = sum(q["answer"] == "yes" for q in qs if q["family"] == "exist")
+    assert 0.4 < yes / sum(q["family"] == "exist" for q in qs) < 0.6
+    small = [o for i in range(50) for o in scenes.make_scene("train", i).objects if o.size == "small"]
+    assert small and all(2 * scenes.SIZES[o.size] <= 2 * scenes.PATCH for o in small)
+
+
+def test_patch_labels_mark_object_patches():
+    scene = scenes.make_scene("train", 3)
+    labels = scenes.patch_labels(scene)
+    for i, o in enumerate(scene.objects, start=1):
+        owned = labels["object"] == i
+        assert owned.any(), "even a small object owns a patch"
+        assert set(labels["colour"][owned]) == {list(scenes.COLOURS).index(o.colour) + 1}
+        assert set(labels["shape"][owned]) == {scenes.SHAPES.index(o.shape) + 1}
+
+
+def test_write_split_is_the_eval_layout(tmp_path):
+    path = scenes.write_split("test", 5, tmp_path)
+    rows = json.loads(path.read_text())
+    assert rows and {"question_id", "image", "question", "answers", "family"} <= set(rows[0])
+    assert all((tmp_path / r["image"]).is_file() for r in rows)
+    assert len({r["question_id"] for r in rows}) == len(rows)

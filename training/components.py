@@ -56,10 +56,15 @@ class PatchHeads(torch.nn.Module):
         """feats [B, 576, D]; labels: name -> [B, 576] int64. Returns the summed loss and per-patch accuracies."""
         total, acc = feats.new_zeros(()), {}
         for name, head in self.patch.items():
-            logits = head(feats)
-            total = total + F.cross_entropy(logits.flatten(0, 1), labels[name].flatten())
-            fg = labels[name] > 0  # accuracy on the informative patches
-            acc[name] = float((logits.argmax(-1)[fg] == labels[name][fg]).float().mean()) if fg.any() else 1.0
+            logits, target = head(feats), labels[name]
+            # Colour is learned on every patch (it also says "no object here"); shape, size and letter only on
+            # the patches that carry one, or the background's overwhelming majority drowns them out.
+            fg = target > 0
+            if name == "colour":
+                total = total + F.cross_entropy(logits.flatten(0, 1), target.flatten())
+            elif fg.any():
+                total = total + F.cross_entropy(logits[fg], target[fg])
+            acc[name] = float((logits.argmax(-1)[fg] == target[fg]).float().mean()) if fg.any() else 1.0
         obj = labels["object"]
         n_obj = int(obj.max()) + 1
         index = (obj + torch.arange(len(obj))[:, None] * n_obj).flatten()  # object id unique across the batch

@@ -98,14 +98,14 @@ def card(result: dict, log: list[dict], command: str) -> str:
         "## Training",
         "",
         f"- Command: `{command}`",
-        f"- Seed and sizes: see `training_config.json` (seed {result['config']['seed']}, "
+        (f"- Seed and sizes: see `training_config.json` (seed {result['config']['seed']}, "
         f"{result['config']['train_scenes']} training scenes, {result['config']['val_scenes']} validation scenes, "
         f"{result['config']['tower_steps']} tower steps x {result['config']['tower_batch']} images, "
-        f"{result['config']['llm_epochs']} LLM epochs).",
+        f"{result['config']['llm_epochs']} LLM epochs)."),
         f"- Wall time on 2 CPU cores: {done.get('seconds', 0) / 60:.0f} min (tower pre-training, feature cache, LLM).",
         f"- Tower pre-training, last logged step: {json.dumps(tower[0]) if tower else 'n/a'}",
-        f"- LLM epochs (validation = share of scenes with every answer right, teacher-forced): "
-        f"{', '.join(str(r['val_scene_all_right']) for r in llm)}",
+        (f"- LLM epochs (validation = share of scenes with every answer right, teacher-forced): "
+        f"{', '.join(str(r['val_scene_all_right']) for r in llm)}"),
         "",
         f"## Test accuracy ({result['questions']} questions from {result['scenes']} test scenes, greedy, 576 tokens)",
         "",
@@ -118,12 +118,12 @@ def card(result: dict, log: list[dict], command: str) -> str:
                      f"{pct(result['other_scene'][f])} | {ch} |")
     lines += [
         "",
-        f"Fixed 200-question sample (the first 200 test questions; `tests/test_shipped_model.py` re-scores it): "
-        f"**{pct(result['sample_200_accuracy'])} %**.",
+        (f"Fixed 200-question sample (the first 200 test questions; `tests/test_shipped_model.py` re-scores it): "
+        f"**{pct(result['sample_200_accuracy'])} %**."),
         f"Load + answer one question in transformers: {result['load_and_answer_s']} s.",
         "",
-        "Reproduce: `python -m tokencomp.training.model_card --model models/tokencomp-tiny-llava "
-        f"--questions {result['questions']}` (writes this card and `eval.json`).",
+        ("Reproduce: `python -m tokencomp.training.model_card --model models/tokencomp-tiny-llava "
+        f"--questions {result['questions']}` (writes this card and `eval.json`)."),
     ]
     return "\n".join(lines) + "\n"
 

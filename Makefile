@@ -30,7 +30,7 @@ demo: setup
 
 # A PNG of the demo page after a real question (embedded in the README).
 demo-screenshot: setup browser
-	$(PY) -m tokencomp.demo.browser --model models/tokencomp-tiny-llava --image demo/example.png --out demo/screenshot.png
+	$(PY) -m tokencomp.demo.browser --model models/tokencomp-tiny-llava --out demo/screenshot.png
 
 # The browser tests drive Debian's chromium (Playwright's own browser download cannot work offline).
 browser:

@@ -95,11 +95,19 @@ def screenshot(model: str, image: Path, question: str, out: Path, port: int = 78
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Screenshot the demo after a real question.")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--image", type=Path, required=True)
+    parser.add_argument("--image", type=Path, default=None, help="default: test scene --scene, rendered")
+    parser.add_argument("--scene", type=int, default=3, help="index of the generated test scene to ask about")
     parser.add_argument("--question", default="What colour is the circle?")
     parser.add_argument("--out", type=Path, default=Path("demo/screenshot.png"))
     args = parser.parse_args(argv)
-    print(screenshot(args.model, args.image, args.question, args.out))
+    image = args.image
+    if image is None:
+        from tokencomp.training import scenes
+
+        image = args.out.with_name("example.png")
+        image.parent.mkdir(parents=True, exist_ok=True)
+        scenes.render(scenes.make_scene("test", args.scene)).save(image)
+    print(screenshot(args.model, image, args.question, args.out))
     return 0
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from tokencomp.training.llava_hf import save_llava_hf
+from tokencomp.training.tokenizer import CHAT_TEMPLATE
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     CLIPImageProcessor,
@@ -21,13 +22,6 @@ from transformers import (
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 WORDS = ["what", "is", "the", "colour", "shape", "of", "object", "in", "image", "left", "right", "red", "green", "blue", "yes", "no", "how", "many", "one", "two", "three", "USER:", "ASSISTANT:", "?", ".", ",", "a", "an"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' or c['type'] == 'image_url' %}<image> {% elif c['type'] == 'text' %}{{ c['text'] }}"
-    "{% endif %}{% endfor %}{% endif %} {% else %}ASSISTANT: {{ m['content'] }} </s> {% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:

@@ -20,6 +20,14 @@ class CLIError(Exception):
     """An error the user can fix; printed as one line, exit status 2."""
 
 
+def add_named(parser: argparse.ArgumentParser, dest: str, modules: dict[str, str]) -> None:
+    """Sub-parsers for a table name -> module exposing `add_arguments(parser)` (help: its docstring's 1st line)."""
+    sub = parser.add_subparsers(dest=dest, metavar=dest.upper(), required=True)
+    for name, module_name in modules.items():
+        module = importlib.import_module(module_name)
+        module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0]))
+
+
 def _load(name: str):
     module_name, _ = _COMMANDS[name]
     try:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from tokencomp.cli import add_named
+
 RECIPES = {"tiny-llava": "tokencomp.training.recipes.tiny_llava"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="recipe", metavar="RECIPE", required=True)
-    for name, module in RECIPES.items():
-        recipe = importlib.import_module(module)
-        recipe.add_arguments(sub.add_parser(name, help=recipe.__doc__.splitlines()[0]))
+    add_named(parser, "recipe", RECIPES)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import gradio as gr
 from PIL import Image
+
+import tokencomp
 from tokencomp.demo.engine import Engine, Result
 from tokencomp.demo.overlay import overlay
 from tokencomp.serving import spec
-
-import tokencomp
 
 
 def _describe(result: Result, label: str) -> str:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
-from tokencomp.serving import hf_reference
-from tokencomp.serving.spec import Spec
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tokencomp.base import Compressed
+from tokencomp.serving import hf_reference
+from tokencomp.serving.spec import Spec
 
 
 @dataclass

@@ -6,10 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
+import tokencomp
 from tokencomp.serving import spec
 from tokencomp.serving.server import DEFAULT_MODEL, ServerConfig
-
-import tokencomp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

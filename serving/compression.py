@@ -7,10 +7,10 @@ The vLLM model (`serving.model`) and the transformers reference (`serving.hf_ref
 from __future__ import annotations
 
 import torch
-from tokencomp.serving.spec import Spec
 
 import tokencomp
 from tokencomp.base import Compressed
+from tokencomp.serving.spec import Spec
 from tokencomp.signals import cls_attention
 
 

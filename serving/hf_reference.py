@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from tokencomp.serving.compression import compress_image, vision_signals
-from tokencomp.serving.spec import Spec
 
 from tokencomp.base import Compressed
+from tokencomp.serving.compression import compress_image, vision_signals
+from tokencomp.serving.spec import Spec
 from tokencomp.signals import qk_from_hf_clip_layer
 
 

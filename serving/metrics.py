@@ -7,6 +7,7 @@ sees every request (cache hits included) without touching the engine.
 from __future__ import annotations
 
 from prometheus_client import Counter
+
 from tokencomp.serving.spec import Spec
 
 VISUAL_TOKENS_IN = Counter(

@@ -8,9 +8,6 @@ processor in the API server, so nothing here raises on user input.
 from __future__ import annotations
 
 import torch
-from tokencomp.serving import spec
-from tokencomp.serving.compression import compress_image, vision_signals
-from tokencomp.serving.processor import TokenCompLlavaProcessor
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
     LlavaForConditionalGeneration,
@@ -18,6 +15,9 @@ from vllm.model_executor.models.llava import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from tokencomp.serving import spec
+from tokencomp.serving.compression import compress_image, vision_signals
+from tokencomp.serving.processor import TokenCompLlavaProcessor
 from tokencomp.signals import qk_from_fused_qkv
 
 _TC_FIELDS = ("tc_spec", "tc_options", "tc_text_ids")

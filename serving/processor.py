@@ -13,12 +13,13 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import torch
-from tokencomp.serving import metrics, spec
 from vllm.exceptions import VLLMValidationError
 from vllm.model_executor.models.llava import LlavaMultiModalProcessor
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
+
+from tokencomp.serving import metrics, spec
 
 logger = logging.getLogger("tokencomp.serving")
 
@@ -37,6 +38,11 @@ def unsupported_reason(hf_config: object) -> str | None:
         return (f"tokencomp compresses LLaVA models with a CLIP vision tower and feature strategy 'default'; this "
                 f"model has {tower!r} / {strategy!r}: only method 'none' is available")
     return None
+
+
+def _spec_of(payload: Mapping[str, object]) -> spec.Spec:
+    """The resolved spec `apply` wrote into the kwargs (without the question ids it may carry)."""
+    return spec.Spec(**{k: v for k, v in payload.items() if k != "text_ids"})
 
 
 class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
@@ -85,8 +91,7 @@ class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
         payload = hf_kwargs.pop(spec.KEY)  # never reaches the HF processor
         out = super()._call_hf_processor(hf_data, hf_kwargs)
         n_images = len(out["pixel_values"])
-        resolved = spec.Spec(**{k: v for k, v in payload.items() if k != "text_ids"})
-        out.update(spec.encode(resolved, n_images))
+        out.update(spec.encode(_spec_of(payload), n_images))
         text_ids = torch.tensor(payload.get("text_ids", []), dtype=torch.long)
         out["tc_text_ids"] = text_ids.repeat(n_images, 1)
         return out
@@ -100,8 +105,7 @@ class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
     def _get_prompt_updates(self, mm_items: MultiModalDataItems, hf_processor_mm_kwargs: Mapping[str, object],
                             out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]:
         (update,) = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
-        payload = hf_processor_mm_kwargs[spec.KEY]
-        resolved = spec.Spec(**{k: v for k, v in payload.items() if k != "text_ids"})
+        resolved = _spec_of(hf_processor_mm_kwargs[spec.KEY])
 
         def replacement(item_idx: int) -> list[int]:
             full = update.replacement(item_idx)

@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokencomp.training.llava_hf import save_llava_hf
-from tokencomp.training.tokenizer import CHAT_TEMPLATE
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     CLIPImageProcessor,
@@ -19,6 +17,9 @@ from transformers import (
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
+
+from tokencomp.training.llava_hf import save_llava_hf
+from tokencomp.training.tokenizer import CHAT_TEMPLATE
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 WORDS = ["what", "is", "the", "colour", "shape", "of", "object", "in", "image", "left", "right", "red", "green", "blue", "yes", "no", "how", "many", "one", "two", "three", "USER:", "ASSISTANT:", "?", ".", ",", "a", "an"]

@@ -11,14 +11,14 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 from playwright.sync_api import sync_playwright
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from tests.llava_fixture import make_llava
 from tokencomp.demo.browser import ask as browser_ask
 from tokencomp.demo.browser import open_page, upload, wait_for
 from tokencomp.serving.hf_reference import answer
 from tokencomp.serving.launcher import free_port
 from tokencomp.serving.spec import Spec
-from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-from tests.llava_fixture import make_llava
 
 QUESTION = "what is the colour ?"
 

@@ -41,7 +41,7 @@ def test_same_index_same_scene_and_pixels():
 
 def test_splits_are_disjoint():
     graphs = {split: [scenes.make_scene(split, i) for i in range(40)] for split in ("train", "val", "test")}
-    as_key = lambda s: (tuple((o.shape, o.colour, o.size, o.x, o.y) for o in s.objects), s.text)  # noqa: E731
+    as_key = lambda s: (tuple((o.shape, o.colour, o.size, o.x, o.y) for o in s.objects), s.text)
     keys = {split: {as_key(s) for s in g} for split, g in graphs.items()}
     assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
     with pytest.raises(ValueError, match="split must be one of train, val, test"):

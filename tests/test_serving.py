@@ -14,14 +14,14 @@ import openai
 import pytest
 import torch
 from PIL import Image
-from tokencomp.serving.hf_reference import answer
-from tokencomp.serving.launcher import free_port, running
-from tokencomp.serving.server import ServerConfig
-from tokencomp.serving.spec import Spec
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 import tokencomp
 from tests.llava_fixture import make_llava
+from tokencomp.serving.hf_reference import answer
+from tokencomp.serving.launcher import free_port, running
+from tokencomp.serving.server import ServerConfig
+from tokencomp.serving.spec import Spec
 
 API_KEY = "test-key"
 QUESTION = "what is the colour ?"

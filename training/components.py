@@ -8,8 +8,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tokencomp.training import scenes
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from tokencomp.training import scenes
 
 IGNORE = -100
 

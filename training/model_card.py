@@ -18,11 +18,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from PIL import Image
+from tqdm import tqdm
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
 from tokencomp.serving.hf_reference import answer
 from tokencomp.serving.spec import Spec
 from tokencomp.training import scenes
-from tqdm import tqdm
-from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 SAMPLE = 200  # the fixed sample the tests re-score
 

@@ -7,9 +7,10 @@ token, and a CLIP image processor, saved so that `AutoProcessor.from_pretrained(
 
 from __future__ import annotations
 
-from tokencomp.training import scenes
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+
+from tokencomp.training import scenes
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
 TEMPLATE_WORDS = ["what", "colour", "is", "the", "shape", "object", "how", "many", "are", "there", "a", "an", "left", "of", "above", "bigger", "than", "does", "sign", "say", "user", "assistant", "yes", "no", "?", ":", ",", ".", "s"]

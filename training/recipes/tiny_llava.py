@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from tokencomp.training import components, scenes
 from tokencomp.training.llava_hf import save_llava_hf
 from tokencomp.training.tokenizer import build_processor, build_tokenizer
-from tqdm import tqdm
 
 
 @dataclass

@@ -1,0 +1,114 @@
+"""Run a task against any OpenAI-compatible endpoint: bounded concurrency, retries with backoff, one JSONL line
+per finished sample. A killed run resumes from its log without asking again; a request that still fails after
+its retries is recorded as failed, and counted apart from wrong answers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+from tqdm import tqdm
+
+from tokencomp.eval.tasks import Sample, Task
+
+
+@dataclass(frozen=True)
+class Setting:
+    method: str
+    budget: int | None  # None for method "none"
+
+    @property
+    def label(self) -> str:
+        return self.method if self.budget is None else f"{self.method}@{self.budget}"
+
+    def body(self) -> dict:
+        tc = {"method": self.method} | ({"budget": self.budget} if self.budget is not None else {})
+        return {"mm_processor_kwargs": {"tokencomp": tc}}
+
+
+def _image_url(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def load_log(log: Path) -> list[dict]:
+    """The complete records of a previous run, rewriting the file without a line a kill cut short (that sample
+    runs again; appending after a cut line would corrupt the next record too)."""
+    if not log.is_file():
+        return []
+    records, lines = [], []
+    for line in log.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+            lines.append(line)
+        except json.JSONDecodeError:
+            continue
+    log.write_text("".join(f"{line}\n" for line in lines))
+    return records
+
+
+async def _ask(client: openai.AsyncOpenAI, model: str, task: Task, sample: Sample, setting: Setting,
+               retries: int) -> dict:
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _image_url(sample.image)}},
+                                             {"type": "text", "text": sample.question}]}]
+    error = None
+    for attempt in range(retries + 1):
+        start = time.perf_counter()
+        try:
+            reply = await client.chat.completions.create(model=model, messages=messages, temperature=0,
+                                                         max_tokens=task.max_tokens, extra_body=setting.body())
+        except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
+                openai.RateLimitError) as exc:  # transient: try again after a backoff
+            error = repr(exc)
+            await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
+            continue
+        except openai.APIStatusError as exc:  # the request itself is wrong: retrying cannot help
+            error = f"{exc.status_code}: {exc.message}"
+            break
+        prediction = reply.choices[0].message.content or ""
+        return {"id": sample.id, "status": "ok", "question": sample.question, "prediction": prediction,
+                "answers": list(sample.answers), "group": sample.group, "score": task.score(prediction, sample),
+                "prompt_tokens": reply.usage.prompt_tokens, "latency_s": round(time.perf_counter() - start, 4)}
+    return {"id": sample.id, "status": "failed", "question": sample.question, "error": error,
+            "answers": list(sample.answers), "group": sample.group}
+
+
+async def run_endpoint(endpoint: str, task: Task, samples: list[Sample], setting: Setting, log: Path, *,
+                       concurrency: int = 4, retries: int = 3, api_key: str = "none") -> list[dict]:
+    """Answer every sample not yet in `log`, appending each result as it finishes; return all of the log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    client = openai.AsyncOpenAI(base_url=endpoint, api_key=api_key, max_retries=0, timeout=300)
+    model = (await client.models.list()).data[0].id
+    finished = {r["id"] for r in load_log(log)}
+    todo = [s for s in samples if s.id not in finished]
+    gate = asyncio.Semaphore(concurrency)
+    with open(log, "a") as out, tqdm(  # noqa: ASYNC230 - a local append-only log, one line per answertotal=len(samples), initial=len(samples) - len(todo),
+                                     desc=f"{task.name} {setting.label}") as bar:
+
+        async def one(sample: Sample) -> None:
+            async with gate:
+                record = await _ask(client, model, task, sample, setting, retries)
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            bar.update()
+
+        await asyncio.gather(*(one(s) for s in todo))
+    await client.close()
+    wanted = {s.id for s in samples}
+    return [r for r in load_log(log) if r["id"] in wanted]
+
+
+def summarise(records: list[dict]) -> dict:
+    """Score over answered samples (overall and per group), failures apart, mean prompt tokens and latency."""
+    ok = [r for r in records if r["status"] == "ok"]
+    groups: dict[str, list[float]] = {}
+    for r in ok:
+        groups.setdefault(r["group"], []).append(r["score"])
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+    return {"score": mean([r["score"] for r in ok]), "groups": {g: mean(v) for g, v in sorted(groups.items())},
+            "answered": len(ok), "failed": len(records) - len(ok),
+            "prompt_tokens": mean([r["prompt_tokens"] for r in ok]), "latency_s": mean([r["latency_s"] for r in ok])}

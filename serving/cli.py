@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=None, help="require this bearer token on every request")
     parser.add_argument("--max-images", type=int, default=4, help="images per request")
-    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--max-model-len", type=int, default=None, help="default: the model's own limit")
     parser.add_argument("--kv-cache-gib", type=int, default=1, help="CPU KV-cache size, GiB")
     parser.add_argument("--allow-media-domain", action="append", default=[], dest="media_domains",
                         help="allow image URLs from this host (repeatable); remote media is off by default")

@@ -27,7 +27,7 @@ class ServerConfig:
     port: int = 8000
     api_key: str | None = None
     max_images: int = 4
-    max_model_len: int = 2048
+    max_model_len: int | None = None  # None: what the model's config allows
     kv_cache_gib: int = 1
     media_domains: list[str] = field(default_factory=list)  # remote image hosts to allow; none by default
     local_media_path: str | None = None  # a directory requests may read images from; off by default
@@ -42,7 +42,6 @@ class ServerConfig:
             "--host", self.host,
             "--port", str(self.port),
             "--dtype", "float32",  # AVX2 has no native bf16 arithmetic
-            "--max-model-len", str(self.max_model_len),
             "--limit-mm-per-prompt", json.dumps({"image": self.max_images}),
             "--hf-overrides", json.dumps({"tokencomp": default}),
             "--allowed-media-domains", *(self.media_domains or [NO_REMOTE_MEDIA]),
@@ -50,6 +49,8 @@ class ServerConfig:
             # per-request kwargs are safe here: the processor accepts the `tokencomp` key and nothing else
             "--trust-request-mm-kwargs",
         ]
+        if self.max_model_len:
+            args += ["--max-model-len", str(self.max_model_len)]
         if self.served_model_name:
             args += ["--served-model-name", self.served_model_name]
         if self.api_key:

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tokencomp.training import scenes
-from tokencomp.training.model_card import SAMPLE, normalise, score, test_questions
+from tokencomp.training.model_card import SAMPLE, normalise, score, fixed_questions
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "tokencomp-tiny-llava"
 
@@ -23,7 +23,7 @@ def card() -> dict:
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    return test_questions(SAMPLE)
+    return fixed_questions(SAMPLE)
 
 
 @pytest.fixture(scope="module")

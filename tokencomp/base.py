@@ -67,3 +67,9 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     if span <= 0:
         return torch.ones_like(x)
     return (x - x.min()) / span
+
+
+def tie_safe(scores: torch.Tensor, decimals: int = 5) -> torch.Tensor:
+    """Scores rounded so that values equal up to float noise compare equal and ties break by index: identical
+    patches (flat backgrounds) must not be ranked by the last bits, which differ between engines."""
+    return torch.round(scores, decimals=decimals)

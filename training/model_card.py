@@ -32,7 +32,7 @@ def normalise(text: str) -> str:
     return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
 
 
-def test_questions(count: int) -> list[dict]:
+def fixed_questions(count: int) -> list[dict]:
     """The first `count` questions of the test split, scene by scene, with the scene index."""
     rows, index = [], 0
     while len(rows) < count:
@@ -66,10 +66,10 @@ def evaluate(model_dir: Path, n_questions: int) -> dict:
     start = time.perf_counter()
     model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    first = test_questions(1)[0]
+    first = fixed_questions(1)[0]
     answer(model, processor, scenes.render(scenes.make_scene("test", 0)), first["question"], Spec(), 6)
     load_and_answer_s = time.perf_counter() - start
-    rows = test_questions(n_questions)
+    rows = fixed_questions(n_questions)
     n_scenes = rows[-1]["scene"] + 1
     blank = Image.new("RGB", (scenes.SIZE, scenes.SIZE), (235, 235, 235))
     full, predictions = score(model, processor, rows, lambda r: scenes.render(scenes.make_scene("test", r["scene"])))

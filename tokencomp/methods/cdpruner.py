@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, minmax, selected
+from tokencomp.base import Compressed, Signals, cosine_matrix, minmax, selected, tie_safe
 from tokencomp.methods import register
 from tokencomp.signals import text_relevance
 
@@ -30,7 +30,7 @@ def greedy_map_dpp(kernel: torch.Tensor, k: int) -> torch.Tensor:
     picks: list[int] = []
     for t in range(k):
         d2_free = d2.masked_fill(picked, -torch.inf)
-        j = int(torch.argmax(d2_free))
+        j = int(torch.argmax(tie_safe(d2_free)))
         if d2_free[j] <= _EPS:
             break
         e = (kernel[j] - rows[:t, j] @ rows[:t]) / d2[j].sqrt()

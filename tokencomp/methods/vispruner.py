@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, selected
+from tokencomp.base import Compressed, Signals, cosine_matrix, minmax, selected, tie_safe
 from tokencomp.methods import register
 
 DEDUP_STEP = 8
@@ -27,7 +27,7 @@ def deduplicate(tokens: torch.Tensor, candidates: torch.Tensor, keep: int) -> to
         even, odd = remain[0::2], remain[1::2]
         drop = min(DEDUP_STEP, len(remain) - keep)
         dup = sim[even][:, odd].max(dim=1).values
-        victims = even[torch.sort(dup, descending=True, stable=True).indices[:drop]]
+        victims = even[torch.sort(tie_safe(dup, 4), descending=True, stable=True).indices[:drop]]
         remain = remain[~torch.isin(remain, victims)]
     return remain
 
@@ -39,7 +39,7 @@ def vispruner(tokens: torch.Tensor, k: int, signals: Signals, *, important_ratio
     if not 0.0 <= important_ratio <= 1.0:
         raise ValueError(f"important_ratio must be in [0, 1], got {important_ratio!r}")
     n_imp = math.ceil(important_ratio * k)
-    order = torch.sort(signals.cls_attn.float(), descending=True, stable=True).indices
+    order = torch.sort(tie_safe(minmax(signals.cls_attn), 4), descending=True, stable=True).indices
     important, rest = order[:n_imp], torch.sort(order[n_imp:]).values
     diverse = deduplicate(tokens, rest, k - n_imp)
     return selected(tokens, torch.cat([important, diverse]))

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tokencomp.training import scenes
-from tokencomp.training.model_card import SAMPLE, normalise, score, fixed_questions
+from tokencomp.training.model_card import SAMPLE, fixed_questions, normalise, score
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "tokencomp-tiny-llava"
 

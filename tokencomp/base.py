@@ -54,9 +54,13 @@ def selected(tokens: torch.Tensor, index: torch.Tensor) -> Compressed:
 
 
 def cosine_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """Cosine similarity [N, M] between rows of x [N, D] and y [M, D] (y = x when omitted), in float32."""
-    xn = torch.nn.functional.normalize(x.float(), dim=-1)
-    yn = xn if y is None else torch.nn.functional.normalize(y.float(), dim=-1)
+    """Cosine similarity [N, M] between rows of x [N, D] and y [M, D] (y = x when omitted), in float64.
+
+    Near-duplicate patches (backgrounds) have cosines within float32 rounding of 1, so in float32 the rounding
+    error, which differs between engines (vLLM's and transformers' CLIP agree to ~1e-7), would decide which of
+    them greedy selections pick. In float64 such noise moves no pick (tests/test_ties.py)."""
+    xn = torch.nn.functional.normalize(x.double(), dim=-1)
+    yn = xn if y is None else torch.nn.functional.normalize(y.double(), dim=-1)
     return xn @ yn.T
 
 
@@ -69,7 +73,25 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     return (x - x.min()) / span
 
 
-def tie_safe(scores: torch.Tensor, decimals: int = 5) -> torch.Tensor:
-    """Scores rounded so that values equal up to float noise compare equal and ties break by index: identical
-    patches (flat backgrounds) must not be ranked by the last bits, which differ between engines."""
-    return torch.round(scores, decimals=decimals)
+def first_max(scores: torch.Tensor, tol: float) -> int:
+    """Index of the maximum of scores [N], every value within `tol` of it counting as equal and the lowest index
+    winning. Identical patches (flat backgrounds) differ between engines only in their last bits, so a plain
+    argmax would let float noise pick among them; rounding instead would flip whenever a value sits on a
+    rounding boundary. Here a pick can only change if some value lies within noise of max - tol."""
+    top = scores.max()
+    return int(torch.nonzero(scores >= top - tol)[0])
+
+
+def tolerant_order(scores: torch.Tensor, tol: float) -> torch.Tensor:
+    """Indices ordering scores [N] from high to low, where each run of values within `tol` of the run's highest
+    keeps index order (the sorting counterpart of `first_max`)."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    values = scores[order].tolist()
+    runs, start = torch.empty(len(values), dtype=torch.long), 0
+    for i, v in enumerate(values):
+        if v < values[start] - tol:
+            start = i
+        runs[i] = start
+    # within a run: by index; runs stay in descending order
+    key = runs * len(values) + order
+    return order[torch.argsort(key)]

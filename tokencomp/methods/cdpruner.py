@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, minmax, selected, tie_safe
+from tokencomp.base import Compressed, Signals, cosine_matrix, first_max, minmax, selected, tolerant_order
 from tokencomp.methods import register
 from tokencomp.signals import text_relevance
 
-_EPS = 1e-10
+# relative to the largest diagonal entry: gains below this add no volume (float32 cosines of duplicate patches
+# leave residuals ~1e-7), and gains closer than this are ties, broken by the lowest index
+_TOL = 1e-5
 
 
 def greedy_map_dpp(kernel: torch.Tensor, k: int) -> torch.Tensor:
@@ -28,10 +30,11 @@ def greedy_map_dpp(kernel: torch.Tensor, k: int) -> torch.Tensor:
     rows = torch.zeros(k, n, dtype=torch.float64)
     picked = torch.zeros(n, dtype=torch.bool)
     picks: list[int] = []
+    tol = _TOL * float(d2.max())
     for t in range(k):
         d2_free = d2.masked_fill(picked, -torch.inf)
-        j = int(torch.argmax(tie_safe(d2_free)))
-        if d2_free[j] <= _EPS:
+        j = first_max(d2_free, tol)
+        if d2_free[j] <= tol:
             break
         e = (kernel[j] - rows[:t, j] @ rows[:t]) / d2[j].sqrt()
         rows[t] = e
@@ -40,7 +43,7 @@ def greedy_map_dpp(kernel: torch.Tensor, k: int) -> torch.Tensor:
         picked[j] = True
     if len(picks) < k:
         diag = torch.diagonal(kernel).masked_fill(picked, -torch.inf)
-        picks += torch.sort(diag, descending=True, stable=True).indices[: k - len(picks)].tolist()
+        picks += tolerant_order(diag, tol)[: k - len(picks)].tolist()
     return torch.tensor(picks, dtype=torch.long)
 
 

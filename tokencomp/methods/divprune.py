@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, selected
+from tokencomp.base import Compressed, Signals, cosine_matrix, first_max, selected
 from tokencomp.methods import register
+
+_TIE = 1e-6  # distances closer than this are ties: lowest index wins
 
 
 def farthest_point_indices(tokens: torch.Tensor, k: int) -> torch.Tensor:
     """K indices in pick order, by running min-distance updates: O(N^2 D) once + O(K N)."""
     dist = 1 - cosine_matrix(tokens)
     nearest = dist.clone().fill_diagonal_(torch.inf).min(dim=1).values
-    first = int(torch.argmax(nearest))
+    first = first_max(nearest, _TIE)
     picks = [first]
     min_dist = dist[first].clone()
     min_dist[first] = -torch.inf
     for _ in range(k - 1):
-        nxt = int(torch.argmax(min_dist))
+        nxt = first_max(min_dist, _TIE)
         picks.append(nxt)
         torch.minimum(min_dist, dist[nxt], out=min_dist)
         min_dist[nxt] = -torch.inf

@@ -17,11 +17,12 @@ import math
 import numpy as np
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, selected
+from tokencomp.base import Compressed, Signals, cosine_matrix, selected, tolerant_order
 from tokencomp.methods import register
 from tokencomp.signals import resolve_importance
 
 RHO_MIN, RHO_MAX = 0.25, 1.0
+_TOL = 1e-6  # ties: gains or importances this close (relative to their scale) rank by index
 
 
 def rho_schedule(k: int, n: int) -> float:
@@ -44,25 +45,34 @@ def select_by_coverage(
     """Lazy greedy on F: extend `preselected` to k indices, in pick order.
 
     sim [N, N] symmetric, clamped at 0; importance [N] in [0, 1]. Gains only shrink as S grows (submodularity),
-    so a stale gain is an upper bound: pop the best bound, refresh it, accept if it still tops the heap.
+    so a stale gain is an upper bound: refresh bounds from the top until none left stale can reach the best
+    fresh gain. Gains within _TOL of the best are ties and the lowest index wins, so duplicate patches are
+    picked the same way whatever float noise the engine adds.
     """
     n = sim.shape[0]
     picks = list(preselected or [])
     cover = sim[:, picks].max(axis=1) if picks else np.zeros(n, dtype=sim.dtype)
     w_imp, w_cov = alpha / k, (1 - alpha) / n
+    tol = _TOL * (w_imp + w_cov * n)  # relative to the largest gain possible
     taken = np.zeros(n, dtype=bool)
     taken[picks] = True
     gains = w_imp * importance + w_cov * np.maximum(sim - cover[None, :], 0).sum(axis=1)
-    heap = [(-float(gains[i]), i) for i in np.flatnonzero(~taken)]
+    heap = [(-float(gains[i]), int(i)) for i in np.flatnonzero(~taken)]
     heapq.heapify(heap)
     while len(picks) < k:
-        _, i = heapq.heappop(heap)
-        gain = w_imp * importance[i] + w_cov * float(np.maximum(sim[i] - cover, 0).sum())
-        if not heap or gain >= -heap[0][0]:
-            picks.append(int(i))
-            np.maximum(cover, sim[i], out=cover)
-        else:
-            heapq.heappush(heap, (-gain, i))
+        fresh: list[tuple[float, int]] = []
+        best = -math.inf
+        while heap and -heap[0][0] >= best - tol:
+            _, i = heapq.heappop(heap)
+            gain = w_imp * float(importance[i]) + w_cov * float(np.maximum(sim[i] - cover, 0).sum())
+            fresh.append((gain, i))
+            best = max(best, gain)
+        winner = min(i for gain, i in fresh if gain >= best - tol)
+        picks.append(winner)
+        np.maximum(cover, sim[winner], out=cover)
+        for gain, i in fresh:
+            if i != winner:
+                heapq.heappush(heap, (-gain, i))
     return picks
 
 
@@ -77,8 +87,7 @@ def id_pruner_indices(
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho!r}")
     n_important = math.ceil(rho * k)
-    # stable sort: equal importance keeps the earlier token, so the result is deterministic
-    important = torch.sort(importance, descending=True, stable=True).indices[:n_important].tolist()
+    important = tolerant_order(importance.float(), _TOL)[:n_important].tolist()
     sim = cosine_matrix(tokens).clamp_(min=0).numpy()
     picks = select_by_coverage(sim, importance.float().numpy(), k, alpha, preselected=important)
     return torch.tensor(picks, dtype=torch.long)

@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, selected
+from tokencomp.base import Compressed, Signals, cosine_matrix, first_max, selected
 from tokencomp.methods import register
 from tokencomp.signals import resolve_importance
+
+_TIE = 1e-6  # scores closer than this are ties: lowest index wins
 
 
 def mmr_indices(tokens: torch.Tensor, k: int, importance: torch.Tensor, lam: float) -> torch.Tensor:
     """K indices in pick order; importance [N] in [0, 1]."""
     sim = cosine_matrix(tokens)
-    first = int(torch.argmax(importance))
+    first = first_max(importance.float(), _TIE)
     picks = [first]
     max_sim = sim[first].clone()
     for _ in range(k - 1):
         score = lam * importance - (1 - lam) * max_sim
         score[picks] = -torch.inf
-        nxt = int(torch.argmax(score))
+        nxt = first_max(score, _TIE)
         picks.append(nxt)
         torch.maximum(max_sim, sim[nxt], out=max_sim)
     return torch.tensor(picks, dtype=torch.long)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix
+from tokencomp.base import Compressed, Signals, cosine_matrix, minmax, tolerant_order
 from tokencomp.methods import register
 
 DOMINANT_SHARE = 54 / 64
+_TIE = 1e-6  # attentions this close (after min-max scaling) rank by index
 
 
 @register("visionzip", uses=("cls_attn", "keys"), generates=True)
@@ -25,7 +26,7 @@ def visionzip(tokens: torch.Tensor, k: int, signals: Signals, *, dominant_share:
     n = tokens.shape[0]
     n_dom = max(1, round(k * dominant_share))
     n_ctx = k - n_dom
-    order = torch.sort(signals.cls_attn.float(), descending=True, stable=True).indices
+    order = tolerant_order(minmax(signals.cls_attn), _TIE)
     dominant = order[:n_dom]
     rest = torch.sort(order[n_dom:]).values
     slot = torch.full((n,), -1, dtype=torch.long)  # without contextual tokens the rest is dropped

@@ -11,10 +11,11 @@ import math
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, minmax, selected, tie_safe
+from tokencomp.base import Compressed, Signals, cosine_matrix, minmax, selected, tolerant_order
 from tokencomp.methods import register
 
 DEDUP_STEP = 8
+_TIE = 1e-4  # scores (in [0, 1] / cosines) closer than this are ties: lowest index first
 
 
 def deduplicate(tokens: torch.Tensor, candidates: torch.Tensor, keep: int) -> torch.Tensor:
@@ -27,7 +28,7 @@ def deduplicate(tokens: torch.Tensor, candidates: torch.Tensor, keep: int) -> to
         even, odd = remain[0::2], remain[1::2]
         drop = min(DEDUP_STEP, len(remain) - keep)
         dup = sim[even][:, odd].max(dim=1).values
-        victims = even[torch.sort(tie_safe(dup, 4), descending=True, stable=True).indices[:drop]]
+        victims = even[tolerant_order(dup, _TIE)[:drop]]
         remain = remain[~torch.isin(remain, victims)]
     return remain
 
@@ -39,7 +40,7 @@ def vispruner(tokens: torch.Tensor, k: int, signals: Signals, *, important_ratio
     if not 0.0 <= important_ratio <= 1.0:
         raise ValueError(f"important_ratio must be in [0, 1], got {important_ratio!r}")
     n_imp = math.ceil(important_ratio * k)
-    order = torch.sort(tie_safe(minmax(signals.cls_attn), 4), descending=True, stable=True).indices
+    order = tolerant_order(minmax(signals.cls_attn), _TIE)
     important, rest = order[:n_imp], torch.sort(order[n_imp:]).values
     diverse = deduplicate(tokens, rest, k - n_imp)
     return selected(tokens, torch.cat([important, diverse]))

@@ -46,8 +46,18 @@ def test_rerun_resumes_instead_of_retraining(smoke_run):
     assert after[len(before):] == ["done"], "finished tower and LLM stages must not run again"
 
 
-@pytest.mark.parametrize("args, message", [(["--llm-epochs", "0"], "--llm-epochs must be >= 1"),
-                                           (["--optimizer", "sgdx"], "unknown optimizer 'sgdx'")])
+def test_every_epoch_logs_validation_accuracy_per_family(smoke_run):
+    records = [json.loads(line) for line in (smoke_run / "log.jsonl").read_text().splitlines()]
+    (epoch,) = [r for r in records if r["stage"] == "llm"]
+    families = {q["family"] for i in range(16) for q in scenes.make_scene("val", i).questions}
+    assert set(epoch["val"]) == families | {"overall"}
+    assert all(0.0 <= v <= 1.0 for v in epoch["val"].values())
+
+
+@pytest.mark.parametrize("args, message", [(["--llm-epochs", "0"], "--llm-epochs must be > 0"),
+                                           (["--llm-lr=-1e-3"], "--llm-lr must be > 0"),
+                                           (["--optimizer", "sgdx"], "unknown optimizer 'sgdx'"),
+                                           (["--device", "nope"], "--device 'nope' is not usable")])
 def test_bad_arguments_exit_with_one_line(tmp_path, args, message):
     proc = subprocess.run([*CLI, "--smoke", "--out", str(tmp_path), *args], capture_output=True, text=True,
                           timeout=300, check=False)

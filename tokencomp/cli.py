@@ -20,6 +20,13 @@ class CLIError(Exception):
     """An error the user can fix; printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (argparse would print the whole usage first)."""
+
+    def error(self, message: str):
+        raise CLIError(f"{message} (see `{self.prog} --help`)")
+
+
 def add_named(parser: argparse.ArgumentParser, dest: str, modules: dict[str, str]) -> None:
     """Sub-parsers for a table name -> module exposing `add_arguments(parser)` (help: its docstring's 1st line)."""
     sub = parser.add_subparsers(dest=dest, metavar=dest.upper(), required=True)
@@ -40,20 +47,21 @@ def _load(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="tokencomp", description=__doc__)
+    parser = _Parser(prog="tokencomp", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_line) in _COMMANDS.items():
         sub.add_parser(name, help=help_line, add_help=False)
-    known, rest = parser.parse_known_args(argv[:1])
-    name = known.command
+    name = "tokencomp"
     try:
-        module = _load(name)
-        cmd_parser = argparse.ArgumentParser(prog=f"tokencomp {name}")
+        known, rest = parser.parse_known_args(argv[:1])
+        name = f"tokencomp {known.command}"
+        module = _load(known.command)
+        cmd_parser = _Parser(prog=name)
         module.add_arguments(cmd_parser)
         args = cmd_parser.parse_args(argv[1:] + rest)
         return int(module.run(args) or 0)
     except (CLIError, ValueError, FileNotFoundError) as exc:
-        print(f"tokencomp {name}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

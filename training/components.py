@@ -68,13 +68,13 @@ class PatchHeads(torch.nn.Module):
             acc[name] = float((logits.argmax(-1)[fg] == target[fg]).float().mean()) if fg.any() else 1.0
         obj = labels["object"]
         n_obj = int(obj.max()) + 1
-        index = (obj + torch.arange(len(obj))[:, None] * n_obj).flatten()  # object id unique across the batch
-        pooled = torch.zeros(len(obj) * n_obj, feats.shape[-1]).index_add_(0, index, feats.flatten(0, 1))
-        counts = torch.zeros(len(obj) * n_obj).index_add_(0, index, torch.ones(index.shape))
-        keep = (counts > 0) & (torch.arange(len(counts)) % n_obj != 0)
+        index = (obj + torch.arange(len(obj), device=obj.device)[:, None] * n_obj).flatten()  # object id unique across the batch
+        pooled = feats.new_zeros(len(obj) * n_obj, feats.shape[-1]).index_add_(0, index, feats.flatten(0, 1))
+        counts = feats.new_zeros(len(obj) * n_obj).index_add_(0, index, feats.new_ones(index.shape))
+        keep = (counts > 0) & (torch.arange(len(counts), device=obj.device) % n_obj != 0)
         pooled = pooled[keep] / counts[keep, None]
         for name, head in self.object.items():
-            target = torch.zeros(len(counts), dtype=torch.long).scatter_(0, index, labels[name].flatten())[keep]
+            target = obj.new_zeros(len(counts)).scatter_(0, index, labels[name].flatten())[keep]
             logits = head(pooled)
             total = total + F.cross_entropy(logits, target)
             acc[f"object_{name}"] = float((logits.argmax(-1) == target).float().mean())
@@ -82,12 +82,13 @@ class PatchHeads(torch.nn.Module):
 
 
 def qa_sequence(tokenizer, questions: list[dict], n_image_tokens: int, rng: np.random.Generator
-                ) -> tuple[list[int], list[int]]:
-    """(input ids, labels) for one image and all its questions as chat turns in random order; the image's
-    placeholder is expanded to n_image_tokens ids; only answers (and their </s>) are trained on."""
+                ) -> tuple[list[int], list[int], list[int]]:
+    """(input ids, labels, owners) for one image and all its questions as chat turns in random order; the
+    image's placeholder is expanded to n_image_tokens ids; only answers (and their </s>) are trained on, and
+    owners[t] is the index in `questions` whose answer token t is (-1 elsewhere)."""
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     eos = tokenizer.eos_token_id
-    ids, labels = [], []
+    ids, labels, owners = [], [], []
     for turn, i in enumerate(rng.permutation(len(questions))):
         q = questions[i]
         prompt = tokenizer(("USER: " if turn == 0 else " USER: ") + q["question"] + " ASSISTANT:",
@@ -97,13 +98,14 @@ def qa_sequence(tokenizer, questions: list[dict], n_image_tokens: int, rng: np.r
         answer = tokenizer(q["answer"], add_special_tokens=False).input_ids + [eos]
         ids += prompt + answer
         labels += [IGNORE] * len(prompt) + answer
-    return ids, labels
+        owners += [-1] * len(prompt) + [int(i)] * len(answer)
+    return ids, labels, owners
 
 
 def lm_loss(model: LlavaForConditionalGeneration, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
             feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token loss on answer tokens. ids/labels/mask [B, L] with 576 image ids per row, feats [B, 576, Dv].
-    Returns (loss, per-row flag: every answer token of the row predicted right)."""
+    Returns (loss, right [B, L - 1]: the token at each position after the first predicted right)."""
     embed = model.get_input_embeddings()
     is_image = ids == model.config.image_token_index
     inputs = embed(ids.masked_fill(is_image, 0))
@@ -112,18 +114,21 @@ def lm_loss(model: LlavaForConditionalGeneration, ids: torch.Tensor, labels: tor
     logits = model.lm_head(hidden[:, :-1])
     target = labels[:, 1:]
     loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
-    right = (logits.argmax(-1) == target) | (target == IGNORE)
-    return loss, right.all(dim=1)
+    return loss, logits.argmax(-1) == target
 
 
-def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids, _ in rows)
+def pad_batch(rows: list[tuple[list[int], list[int], list[int]]], pad_id: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, labels, mask, owners) [B, L] from qa_sequence rows, padded on the right."""
+    width = max(len(ids) for ids, _, _ in rows)
     ids = torch.full((len(rows), width), pad_id)
     labels = torch.full((len(rows), width), IGNORE)
+    owners = torch.full((len(rows), width), -1)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (i, lab) in enumerate(rows):
-        ids[r, : len(i)], labels[r, : len(lab)], mask[r, : len(i)] = torch.tensor(i), torch.tensor(lab), 1
-    return ids, labels, mask
+    for r, (i, lab, own) in enumerate(rows):
+        n = len(i)
+        ids[r, :n], labels[r, :n], owners[r, :n], mask[r, :n] = torch.tensor(i), torch.tensor(lab), torch.tensor(own), 1
+    return ids, labels, mask, owners
 
 
 def adamw(params, lr: float) -> torch.optim.Optimizer:

@@ -41,32 +41,41 @@ class Config:
     llm_batch: int = 16
     llm_lr: float = 2e-3
     threads: int = 2
+    device: str = "cpu"
 
     @classmethod
     def smoke(cls, out: str) -> Config:
         return cls(out=out, train_scenes=48, val_scenes=16, tower_steps=4, tower_batch=4, llm_epochs=1, llm_batch=8)
 
 
+_NUMBERS = ("seed", "train_scenes", "val_scenes", "tower_steps", "tower_batch", "tower_lr", "llm_epochs", "llm_batch",
+            "llm_lr", "threads")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Config()
     parser.add_argument("--out", default=defaults.out, help="run directory (checkpoints, logs, final model)")
     parser.add_argument("--smoke", action="store_true", help="a tiny run of about a minute, for tests")
-    for name in ("seed", "train_scenes", "val_scenes", "tower_steps", "llm_epochs", "llm_batch", "threads"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
+    for name in _NUMBERS:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)), default=None)
     parser.add_argument("--optimizer", default=None, help=f"one of {', '.join(components.OPTIMIZERS)}")
+    parser.add_argument("--device", default=None, help="torch device to train on (default cpu; the shipped run is cpu)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     config = Config.smoke(args.out) if args.smoke else Config(out=args.out)
-    for name in ("seed", "train_scenes", "val_scenes", "tower_steps", "llm_epochs", "llm_batch", "threads",
-                 "optimizer"):
+    for name in (*_NUMBERS, "optimizer", "device"):
         value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)
-    for name in ("train_scenes", "val_scenes", "tower_steps", "llm_epochs", "llm_batch", "threads"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    for name in _NUMBERS:
+        if name != "seed" and not getattr(config, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
     components.make_optimizer(config.optimizer, [torch.nn.Parameter(torch.zeros(1))], 1.0)  # fail fast on a bad name
+    try:
+        torch.zeros(1, device=config.device)
+    except (RuntimeError, AssertionError) as exc:
+        raise ValueError(f"--device {config.device!r} is not usable here: {str(exc).splitlines()[0]}") from None
     return config
 
 
@@ -84,9 +93,9 @@ def _log(out: Path, record: dict) -> None:
 def train_tower(model, processor, config: Config, out: Path) -> None:
     done = out / "tower.pt"
     if done.exists():
-        model.model.vision_tower.load_state_dict(torch.load(done))
+        model.model.vision_tower.load_state_dict(torch.load(done, map_location=config.device))
         return
-    heads = components.PatchHeads(model.config.vision_config.hidden_size)
+    heads = components.PatchHeads(model.config.vision_config.hidden_size).to(config.device)
     params = [*model.model.vision_tower.parameters(), *heads.parameters()]
     opt = components.make_optimizer(config.optimizer, params, config.tower_lr)
     rng = np.random.default_rng(config.seed)
@@ -97,8 +106,9 @@ def train_tower(model, processor, config: Config, out: Path) -> None:
             group["lr"] = lr
         idx = rng.integers(0, config.train_scenes, config.tower_batch)
         labels = [scenes.patch_labels(scenes.make_scene("train", int(i))) for i in idx]
-        labels = {k: torch.from_numpy(np.stack([lab[k] for lab in labels])) for k in labels[0]}
-        loss, acc = heads.loss(components.tower_features(model, _pixels(processor, "train", idx)), labels)
+        labels = {k: torch.from_numpy(np.stack([lab[k] for lab in labels])).to(config.device) for k in labels[0]}
+        pixels = _pixels(processor, "train", idx).to(config.device)
+        loss, acc = heads.loss(components.tower_features(model, pixels), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -110,14 +120,15 @@ def train_tower(model, processor, config: Config, out: Path) -> None:
 
 @torch.no_grad()
 def cache_features(model, processor, split: str, count: int, out: Path) -> torch.Tensor:
-    """Feature-layer output [count, 576, Dv] (float16 on disk and in memory) of the frozen tower."""
+    """Feature-layer output [count, 576, Dv] (float16, on the CPU and on disk) of the frozen tower."""
     path = out / f"features_{split}_{count}.pt"
     if path.exists():
         return torch.load(path)
     feats = []
     for start in tqdm(range(0, count, 32), desc=f"cache {split}"):
         idx = range(start, min(count, start + 32))
-        feats.append(components.tower_features(model, _pixels(processor, split, idx)).half())
+        pixels = _pixels(processor, split, idx).to(model.device)
+        feats.append(components.tower_features(model, pixels).half().cpu())
     feats = torch.cat(feats)
     torch.save(feats, path)
     return feats
@@ -133,16 +144,28 @@ def _batches(tokenizer, split: str, indices, batch: int, rng) -> list:
 
 
 @torch.no_grad()
-def validate(model, tokenizer, feats: torch.Tensor, config: Config) -> float:
-    """Share of validation scenes whose every answer is right under teacher forcing."""
+def validate(model, tokenizer, feats: torch.Tensor, config: Config) -> dict[str, float]:
+    """Teacher-forced answer accuracy on the validation scenes, per question family and overall."""
     model.eval()
-    rng = np.random.default_rng(0)
-    right = 0
-    for idx, ids, labels, mask in _batches(tokenizer, "val", np.arange(len(feats)), config.llm_batch, rng):
-        _, ok = components.lm_loss(model, ids, labels, mask, feats[idx].float())
-        right += int(ok.sum())
+    right: dict[str, list[bool]] = {}
+    for idx, ids, labels, mask, owners in _batches(tokenizer, "val", np.arange(len(feats)), config.llm_batch,
+                                                    np.random.default_rng(0)):
+        _, ok = components.lm_loss(model, *_to(config.device, ids, labels, mask), _feats(feats, idx, config))
+        ok, owners = ok.cpu(), owners[:, 1:]
+        for row, i in enumerate(idx):
+            for q, question in enumerate(scenes.make_scene("val", int(i)).questions):
+                right.setdefault(question["family"], []).append(bool(ok[row][owners[row] == q].all()))
     model.train()
-    return right / len(feats)
+    scores = {family: round(float(np.mean(v)), 4) for family, v in sorted(right.items())}
+    return {"overall": round(float(np.mean([x for v in right.values() for x in v])), 4), **scores}
+
+
+def _to(device: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.to(device) for t in tensors]
+
+
+def _feats(feats: torch.Tensor, idx, config: Config) -> torch.Tensor:
+    return feats[torch.as_tensor(idx)].to(config.device).float()
 
 
 def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Path) -> None:
@@ -151,7 +174,7 @@ def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Pat
     opt = components.make_optimizer(config.optimizer, params, config.llm_lr)
     state_path, start_epoch = out / "llm.pt", 0
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location=config.device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
@@ -161,18 +184,18 @@ def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Pat
         rng = np.random.default_rng(config.seed + epoch)
         batches = _batches(tokenizer, "train", rng.permutation(config.train_scenes), config.llm_batch, rng)
         bar = tqdm(batches, desc=f"llm epoch {epoch + 1}/{config.llm_epochs}")
-        for step, (idx, ids, labels, mask) in enumerate(bar, start=epoch * steps_per_epoch):
+        for step, (idx, ids, labels, mask, _) in enumerate(bar, start=epoch * steps_per_epoch):
             lr = config.llm_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss, _ = components.lm_loss(model, ids, labels, mask, train_feats[idx].float())
+            loss, _ = components.lm_loss(model, *_to(config.device, ids, labels, mask), _feats(train_feats, idx, config))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         val = validate(model, tokenizer, val_feats, config)
-        _log(out, {"stage": "llm", "epoch": epoch + 1, "loss": round(loss.item(), 4), "val_scene_all_right": val})
+        _log(out, {"stage": "llm", "epoch": epoch + 1, "loss": round(loss.item(), 4), "val": val})
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1}, state_path)
 
 
@@ -188,7 +211,7 @@ def run_recipe(config: Config) -> Path:
     processor = build_processor(tokenizer)
     model = components.build_model(len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                                    pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id,
-                                   eos_id=tokenizer.eos_token_id)
+                                   eos_id=tokenizer.eos_token_id).to(config.device)
     train_tower(model, processor, config, out)
     model.model.vision_tower.requires_grad_(False)
     train_feats = cache_features(model, processor, "train", config.train_scenes, out)
@@ -196,7 +219,7 @@ def run_recipe(config: Config) -> Path:
     train_llm(model, tokenizer, train_feats, val_feats, config, out)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    path = save_llava_hf(model.eval(), out / "model", processor)
+    path = save_llava_hf(model.cpu().eval(), out / "model", processor)
     _log(out, {"stage": "done", "seconds": round(time.time() - start), "model": str(path)})
     return path
 

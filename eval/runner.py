@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import mimetypes
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import openai
 from tqdm import tqdm
 
-from tokencomp.eval.tasks import Sample, Task
+from tokencomp.eval.sample import Sample, Task
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,12 @@ class Setting:
         return {"mm_processor_kwargs": {"tokencomp": tc}}
 
 
-def _image_url(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+def chat_messages(sample: Sample) -> list[dict]:
+    """One user turn: the image (as a data URL of the file's own bytes), then the prompt text."""
+    mime = mimetypes.guess_type(sample.image.name)[0] or "image/png"
+    url = f"data:{mime};base64," + base64.b64encode(sample.image.read_bytes()).decode()
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": sample.question}]}]
 
 
 def load_log(log: Path) -> list[dict]:
@@ -53,8 +58,7 @@ def load_log(log: Path) -> list[dict]:
 
 async def _ask(client: openai.AsyncOpenAI, model: str, task: Task, sample: Sample, setting: Setting,
                retries: int) -> dict:
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _image_url(sample.image)}},
-                                             {"type": "text", "text": sample.question}]}]
+    messages = chat_messages(sample)
     error = None
     for attempt in range(retries + 1):
         start = time.perf_counter()
@@ -69,12 +73,20 @@ async def _ask(client: openai.AsyncOpenAI, model: str, task: Task, sample: Sampl
         except openai.APIStatusError as exc:  # the request itself is wrong: retrying cannot help
             error = f"{exc.status_code}: {exc.message}"
             break
-        prediction = reply.choices[0].message.content or ""
-        return {"id": sample.id, "status": "ok", "question": sample.question, "prediction": prediction,
-                "answers": list(sample.answers), "group": sample.group, "score": task.score(prediction, sample),
-                "prompt_tokens": reply.usage.prompt_tokens, "latency_s": round(time.perf_counter() - start, 4)}
-    return {"id": sample.id, "status": "failed", "question": sample.question, "error": error,
-            "answers": list(sample.answers), "group": sample.group}
+        return answered(task, sample, reply.choices[0].message.content or "", reply.usage.prompt_tokens,
+                        time.perf_counter() - start)
+    return _base(sample) | {"status": "failed", "error": error}
+
+
+def _base(sample: Sample) -> dict:
+    return {"id": sample.id, "question": sample.question, "answers": list(sample.answers), "group": sample.group,
+            "meta": sample.meta}
+
+
+def answered(task: Task, sample: Sample, prediction: str, prompt_tokens: int, latency_s: float) -> dict:
+    """The log record of an answered sample."""
+    return _base(sample) | {"status": "ok", "prediction": prediction, "score": task.score(prediction, sample),
+                            "prompt_tokens": prompt_tokens, "latency_s": round(latency_s, 4)}
 
 
 async def run_endpoint(endpoint: str, task: Task, samples: list[Sample], setting: Setting, log: Path, *,
@@ -102,13 +114,12 @@ async def run_endpoint(endpoint: str, task: Task, samples: list[Sample], setting
     return [r for r in load_log(log) if r["id"] in wanted]
 
 
-def summarise(records: list[dict]) -> dict:
-    """Score over answered samples (overall and per group), failures apart, mean prompt tokens and latency."""
+def summarise(task: Task, records: list[dict]) -> dict:
+    """The task's aggregate over answered samples (headline `score` plus its details), failures apart, mean
+    prompt tokens and latency."""
     ok = [r for r in records if r["status"] == "ok"]
-    groups: dict[str, list[float]] = {}
-    for r in ok:
-        groups.setdefault(r["group"], []).append(r["score"])
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
-    return {"score": mean([r["score"] for r in ok]), "groups": {g: mean(v) for g, v in sorted(groups.items())},
-            "answered": len(ok), "failed": len(records) - len(ok),
-            "prompt_tokens": mean([r["prompt_tokens"] for r in ok]), "latency_s": mean([r["latency_s"] for r in ok])}
+    aggregate = task.aggregate(ok) if ok else {"score": float("nan")}
+    return aggregate | {"answered": len(ok), "failed": len(records) - len(ok),
+                        "prompt_tokens": mean([r["prompt_tokens"] for r in ok]),
+                        "latency_s": mean([r["latency_s"] for r in ok])}

@@ -1,4 +1,5 @@
-"""Tasks as data: a name, a loader of samples from a local folder, and a scorer. Nothing downloads.
+"""The task registry: a name, a loader of samples from a local folder, a per-sample scorer and an aggregate.
+Nothing downloads; see `benchmarks.py` for the file layouts each standard benchmark is read from.
 
 `synthetic` is the shipped model's procedural VQA test split (`training/scenes.py`), read from the layout
 `write_split` produces: `questions.json` (a list of {question_id, image, question, answers, family, pope}) next
@@ -9,26 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Sample:
-    id: str
-    image: Path
-    question: str
-    answers: tuple[str, ...]
-    group: str  # sub-score key (question family for synthetic)
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    load: Callable[[Path | None, int | None], list[Sample]]
-    score: Callable[[str, Sample], float]
-    max_tokens: int = 8
+from tokencomp.eval import benchmarks, metrics
+from tokencomp.eval.sample import Sample, Task
 
 
 def normalise(text: str) -> str:
@@ -65,9 +50,24 @@ def load_synthetic(data_dir: Path | None, limit: int | None) -> list[Sample]:
     return load_questions_json(data_dir, limit)
 
 
-TASKS: dict[str, Task] = {
-    "synthetic": Task("synthetic", load_synthetic, exact_match),
-}
+def _letter(prediction: str, sample: Sample) -> float:
+    return float(metrics.extract_letter(prediction, sample.meta["letters"]) == sample.answers[0])
+
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("synthetic", load_synthetic, exact_match, metrics.mean_aggregate),
+    Task("vqav2", benchmarks.load_vqav2, lambda p, s: metrics.vqa_accuracy(p, s.answers), metrics.mean_aggregate,
+         max_tokens=16),
+    Task("gqa", benchmarks.load_gqa, lambda p, s: metrics.gqa_match(p, s.answers[0]), metrics.mean_aggregate,
+         max_tokens=16),
+    Task("textvqa", benchmarks.load_textvqa, lambda p, s: metrics.vqa_accuracy(p, s.answers, evalai=True),
+         metrics.mean_aggregate, max_tokens=16),
+    Task("pope", benchmarks.load_pope, lambda p, s: float(metrics.parse_yes_no(p) == s.answers[0]),
+         metrics.pope_aggregate, max_tokens=16),
+    Task("mme", benchmarks.load_mme, lambda p, s: metrics.mme_score(p, s.answers), metrics.mme_aggregate,
+         max_tokens=16, unit="points"),
+    Task("scienceqa", benchmarks.load_scienceqa, _letter, metrics.mean_aggregate, max_tokens=16),
+]}
 
 
 def get(name: str) -> Task:

@@ -25,9 +25,14 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def model_dir(tmp_path_factory):
+    return make_llava(tmp_path_factory.mktemp("eval-model") / "model")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_dir):
     root = tmp_path_factory.mktemp("eval-server")
-    config = ServerConfig(model=str(make_llava(root / "model")), port=free_port())
+    config = ServerConfig(model=str(model_dir), port=free_port())
     with running(config, log=root / "server.log") as url:
         yield url
 
@@ -92,8 +97,35 @@ def test_failed_requests_are_counted_apart_not_scored(server, data_dir, tmp_path
     assert "(1 failed)" in (tmp_path / "out" / "table.md").read_text()
 
 
+def test_in_process_engine_answers_like_the_server_and_resumes(server, model_dir, data_dir, tmp_path):
+    args = ("--data-dir", str(data_dir), "--methods", "id_pruner", "--budgets", "32", "--no-baselines", "--limit", "4")
+    served = subprocess.run([*CLI, "--endpoint", server, "--out", str(tmp_path / "served"), *args],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert served.returncode == 0, served.stderr[-2000:]
+    offline_out = tmp_path / "offline"
+    log = offline_out / "synthetic" / "id_pruner@32.jsonl"
+    log.parent.mkdir(parents=True)
+    first = json.loads((tmp_path / "served" / "synthetic" / "id_pruner@32.jsonl").read_text().splitlines()[0])
+    log.write_text(json.dumps(first | {"prediction": "kept from before"}) + "\n")  # a finished sample
+    proc = subprocess.run([*CLI, "--model", str(model_dir), "--in-process", "--out", str(offline_out), *args],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    read = lambda path: {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    served_rows, offline_rows = read(tmp_path / "served" / "synthetic" / "id_pruner@32.jsonl"), read(log)
+    assert offline_rows.keys() == served_rows.keys() and len(offline_rows) == 4
+    assert offline_rows[first["id"]]["prediction"] == "kept from before"  # resumed, not asked again
+    for rid, row in offline_rows.items():
+        assert row["prompt_tokens"] == served_rows[rid]["prompt_tokens"]
+        if rid != first["id"]:
+            assert row["prediction"] == served_rows[rid]["prediction"]
+    assert json.loads((offline_out / "results.json").read_text())["results"]["synthetic"].keys() == {
+        "none,none", "id_pruner@32,none"}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "vqa9"], "unknown task 'vqa9'"),
+    (["--tasks", "vqav2"], "pass --data-dir"),
+    (["--limit", "0"], "--limit must be a positive integer"),
     (["--methods", "nope"], "unknown method 'nope'"),
     (["--data-dir", "/nonexistent/dir"], "does not exist"),
     (["--budgets", "0"], "--budgets must be positive"),

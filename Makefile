@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 EXTRA   ?= cpu
 
-.PHONY: setup serve test demo demo-screenshot browser bench-select lint clean
+.PHONY: setup serve test demo demo-screenshot browser bench bench-select lint clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,12 @@ demo-screenshot: setup browser
 # The browser tests drive Debian's chromium (Playwright's own browser download cannot work offline).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The serving report (bench/serve.md, bench/soak.md and PNGs): TokenComp vs vanilla vLLM on the shipped and the
+# scaled model, then the soak. About half an hour on 2 cores.
+bench: setup
+	$(PY) -m tokencomp.cli bench serve --scaled --out bench $(ARGS)
+	$(PY) -m tokencomp.cli bench soak --out bench
 
 bench-select: setup
 	$(PY) -m tokencomp.cli bench select $(ARGS)

@@ -7,7 +7,8 @@ import importlib
 
 from tokencomp.cli import add_named
 
-_BENCHMARKS = {"select": "tokencomp.bench.selection"}
+_BENCHMARKS = {"select": "tokencomp.bench.selection", "serve": "tokencomp.bench.serving",
+               "soak": "tokencomp.bench.soak"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

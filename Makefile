@@ -36,10 +36,11 @@ demo-screenshot: setup browser
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-# The serving report (bench/serve.md, bench/soak.md and PNGs): TokenComp vs vanilla vLLM on the shipped and the
-# scaled model, then the soak. About half an hour on 2 cores.
+# The serving reports: TokenComp vs vanilla vLLM on the shipped model (bench/shipped/) and on the scaled 0.3 B
+# model (bench/scaled/: fewer requests and budgets, its decode is slow on 2 cores), then the soak (bench/soak.md).
 bench: setup
-	$(PY) -m tokencomp.cli bench serve --scaled --out bench $(ARGS)
+	$(PY) -m tokencomp.cli bench serve --out bench/shipped
+	$(PY) -m tokencomp.cli bench serve --scaled --requests 12 --budgets 64 128 --long-tokens 16 --out bench/scaled
 	$(PY) -m tokencomp.cli bench soak --out bench
 
 bench-select: setup

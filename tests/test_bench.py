@@ -72,3 +72,17 @@ def test_bench_bad_arguments_are_one_line(args, message):
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert message in line
+
+
+def test_scaled_model_keeps_the_tower_and_has_a_0_3b_llm(model_dir, tmp_path):
+    from safetensors import safe_open
+
+    from tokencomp.bench.scaled_model import build_scaled, parameter_count
+
+    scaled = build_scaled(model_dir, tmp_path / "scaled")
+    counts = parameter_count(scaled)
+    assert counts["language_model"] >= 0.3e9
+    assert counts["vision_tower"] == parameter_count(model_dir)["vision_tower"]
+    with safe_open(model_dir / "model.safetensors", "pt") as small, safe_open(scaled / "model.safetensors", "pt") as big:
+        key = "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight"
+        assert (small.get_tensor(key) == big.get_tensor(key)).all()

@@ -1,7 +1,7 @@
 """TokenComp vs vanilla vLLM, same model, same server flags, same workload, in one run on one machine.
 
     tokencomp bench serve [--model DIR] [--scaled] [--requests 24] [--concurrency 4] [--methods id_pruner itg]
-                          [--budgets 32 64 128 192] [--long-tokens 48] [--out bench]
+                          [--budgets 32 64 128 192] [--long-tokens 48] [--out bench/shipped]
 
 Vanilla is the same server command with vLLM's plugin loading switched off (VLLM_PLUGINS=""), so vLLM's own
 LLaVA serves it. Each setting answers the same generated requests twice: short answers (at most 8 tokens) and a
@@ -10,7 +10,8 @@ what it cost the first time. A cost model fitted on the same server gives the id
 
     T(L) = t_vision + t_select + P(L) + t_decode, each the server time per request at the same concurrency,
     P = quadratic fit over prompt length of text-only prompts; ideal(K) = T_none / T_K;
-    achieved(K) = throughput(K) / throughput(vanilla)
+    achieved(K) = throughput(K) / throughput(none), the same server with all 576 tokens (the table also gives
+    every setting's ratio to vanilla vLLM)
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ WORDS = ("red", "blue", "green", "circle", "square", "left", "above", "small")  
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="local model directory (default: shipped)")
     parser.add_argument("--scaled", action="store_true",
-                        help="also bench the scaled model (shipped tower + 0.3 B random LLM), built on first use")
+                        help="bench the scaled model instead: --model's tower + a 0.3 B random LLM, built on first use")
     parser.add_argument("--requests", type=int, default=24, help="requests per setting and variant")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--methods", nargs="+", default=["id_pruner", "itg"])
     parser.add_argument("--budgets", type=int, nargs="+", default=[32, 64, 128, 192])
     parser.add_argument("--long-tokens", type=int, default=48, help="answer length of the long variant (0: skip it)")
-    parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for serve.md / serve.json / PNGs")
+    parser.add_argument("--out", type=Path, default=Path("bench/shipped"), help="folder for serve.md, serve.json, PNG")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scaled:
         from tokencomp.bench.scaled_model import build_scaled
 
-        models.append(build_scaled(args.model, Path.home() / ".cache" / "tokencomp" / "scaled-llava-0.3b"))
+        models = [build_scaled(args.model, Path.home() / ".cache" / "tokencomp" / "scaled-llava-0.3b")]
     n_runs = len(models) * (2 + len(args.methods) * len(args.budgets)) * len(_variants(args))
     report = {}
     with tqdm(total=n_runs, desc="bench serve") as bar:

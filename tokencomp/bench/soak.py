@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--invalid-share", type=float, default=0.2, help="share of requests that are invalid")
+    parser.add_argument("--processor-cache-gib", type=float, default=None,
+                        help="vLLM's multimodal processor cache per process (default: vLLM's, 4 GiB); it fills as "
+                        "distinct image x method x budget inputs arrive, which shows as memory growth until full")
     parser.add_argument("--out", type=Path, default=Path("bench"))
 
 
@@ -114,10 +117,13 @@ def _healthy(url: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     if args.clients < 1 or args.seconds <= 0 or not 0 <= args.invalid_share <= 1:
         raise ValueError("--clients must be >= 1, --seconds > 0 and --invalid-share in [0, 1]")
+    if args.processor_cache_gib is not None and args.processor_cache_gib < 0:
+        raise ValueError(f"--processor-cache-gib must be >= 0, got {args.processor_cache_gib}")
     if not args.model.is_dir():
         raise ValueError(f"--model must be a local model directory; {str(args.model)!r} is not one")
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
-    config = ServerConfig(model=str(args.model), port=free_port(), max_images=1)
+    extra = [] if args.processor_cache_gib is None else ["--mm-processor-cache-gb", f"{args.processor_cache_gib:g}"]
+    config = ServerConfig(model=str(args.model), port=free_port(), max_images=1, extra=extra)
     with running(config, log=args.out / "logs" / "soak-server.log") as url:
         result = asyncio.run(soak(url, args))
         server_alive = _healthy(url)
@@ -125,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "soak.json").write_text(json.dumps(result, indent=1))
     served = result["valid ok"] + result["valid 4xx"] + result["valid other error"]
     invalid = result["invalid ok"] + result["invalid 4xx"] + result["invalid other error"]
-    intro = (f"`tokencomp bench soak --clients {args.clients} --seconds {args.seconds:g}`: valid requests of every "
+    cache = "" if args.processor_cache_gib is None else f" --processor-cache-gib {args.processor_cache_gib:g}"
+    intro = (f"`tokencomp bench soak --clients {args.clients} --seconds {args.seconds:g}{cache}`: valid requests of every "
              f"method and budget mixed with {100 * args.invalid_share:.0f} % invalid ones (bad method, budget 0 / "
              "string / too large, unknown processor kwarg, truncated image).")
     text = "\n".join([

@@ -128,9 +128,10 @@ def mean_aggregate(records: list[dict]) -> dict:
     groups = defaultdict(list)
     for r in records:
         groups[r["group"]].append(r["score"])
-    return {"score": _mean([r["score"] for r in records]),
-            "groups": {g: _mean(v) for g, v in sorted(groups.items())}}
+    return {"score": mean([r["score"] for r in records]),
+            "groups": {g: mean(v) for g, v in sorted(groups.items())}}
 
 
-def _mean(xs: list[float]) -> float:
+def mean(xs: list[float]) -> float:
+    """The mean, NaN for no values (a setting whose every request failed)."""
     return sum(xs) / len(xs) if xs else float("nan")

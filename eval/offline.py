@@ -11,9 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
-from tokencomp.eval.runner import Setting, answered, chat_messages, load_log
+from tokencomp.eval.runner import Setting, answered, chat_messages, logged, pending, progress
 from tokencomp.eval.sample import Sample, Task
 
 CHUNK = 64  # samples per LLM.chat call: the unit of progress that survives a kill
@@ -34,12 +32,10 @@ class OfflineEngine:
         from vllm import SamplingParams
 
         log.parent.mkdir(parents=True, exist_ok=True)
-        finished = {r["id"] for r in load_log(log)}
-        todo = [s for s in samples if s.id not in finished]
+        todo = pending(samples, log)
         params = SamplingParams(temperature=0, max_tokens=task.max_tokens)
         kwargs = setting.body()["mm_processor_kwargs"]
-        with open(log, "a") as out, tqdm(total=len(samples), initial=len(samples) - len(todo),
-                                         desc=f"{task.name} {setting.label}") as bar:
+        with open(log, "a") as out, progress(task, setting, samples, todo) as bar:
             for start in range(0, len(todo), CHUNK):
                 chunk = todo[start:start + CHUNK]
                 began = time.perf_counter()
@@ -51,5 +47,4 @@ class OfflineEngine:
                     out.write(json.dumps(record) + "\n")
                 out.flush()
                 bar.update(len(chunk))
-        wanted = {s.id for s in samples}
-        return [r for r in load_log(log) if r["id"] in wanted]
+        return logged(samples, log)

@@ -15,6 +15,7 @@ from pathlib import Path
 import openai
 from tqdm import tqdm
 
+from tokencomp.eval.metrics import mean
 from tokencomp.eval.sample import Sample, Task
 
 
@@ -95,11 +96,9 @@ async def run_endpoint(endpoint: str, task: Task, samples: list[Sample], setting
     log.parent.mkdir(parents=True, exist_ok=True)
     client = openai.AsyncOpenAI(base_url=endpoint, api_key=api_key, max_retries=0, timeout=300)
     model = (await client.models.list()).data[0].id
-    finished = {r["id"] for r in load_log(log)}
-    todo = [s for s in samples if s.id not in finished]
+    todo = pending(samples, log)
     gate = asyncio.Semaphore(concurrency)
-    with open(log, "a") as out, tqdm(  # noqa: ASYNC230 - a local append-only log, one line per answertotal=len(samples), initial=len(samples) - len(todo),
-                                     desc=f"{task.name} {setting.label}") as bar:
+    with open(log, "a") as out, progress(task, setting, samples, todo) as bar:  # noqa: ASYNC230 - local log
 
         async def one(sample: Sample) -> None:
             async with gate:
@@ -110,15 +109,29 @@ async def run_endpoint(endpoint: str, task: Task, samples: list[Sample], setting
 
         await asyncio.gather(*(one(s) for s in todo))
     await client.close()
+    return logged(samples, log)
+
+
+def pending(samples: list[Sample], log: Path) -> list[Sample]:
+    """The samples without a complete record in `log` (what a resumed run still has to ask)."""
+    finished = {r["id"] for r in load_log(log)}
+    return [s for s in samples if s.id not in finished]
+
+
+def logged(samples: list[Sample], log: Path) -> list[dict]:
+    """The records `log` holds for `samples`."""
     wanted = {s.id for s in samples}
     return [r for r in load_log(log) if r["id"] in wanted]
+
+
+def progress(task: Task, setting: Setting, samples: list[Sample], todo: list[Sample]) -> tqdm:
+    return tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{task.name} {setting.label}")
 
 
 def summarise(task: Task, records: list[dict]) -> dict:
     """The task's aggregate over answered samples (headline `score` plus its details), failures apart, mean
     prompt tokens and latency."""
     ok = [r for r in records if r["status"] == "ok"]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
     aggregate = task.aggregate(ok) if ok else {"score": float("nan")}
     return aggregate | {"answered": len(ok), "failed": len(records) - len(ok),
                         "prompt_tokens": mean([r["prompt_tokens"] for r in ok]),

@@ -18,10 +18,10 @@ import psutil
 from tokencomp.training import scenes
 
 
-def scene_requests(n: int, start: int = 0) -> list[list[dict]]:
+def scene_requests(n: int) -> list[list[dict]]:
     """n one-image chat conversations: distinct generated test scenes, each with its first question."""
     out = []
-    for i in range(start, start + n):
+    for i in range(n):
         scene = scenes.make_scene("test", i)
         buf = io.BytesIO()
         scenes.render(scene).save(buf, "PNG")

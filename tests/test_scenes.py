@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import deque
 
 import numpy as np
@@ -48,6 +49,34 @@ def test_splits_are_disjoint():
         scenes.make_scene("dev", 0)
 
 
+def _named(scene: scenes.Scene, colour: str, shape: str) -> scenes.Obj:
+    (o,) = [o for o in scene.objects if o.colour == colour and o.shape == shape]
+    return o
+
+
+def _check_answer(scene: scenes.Scene, pixels: np.ndarray, q: dict) -> None:
+    """The answer follows from the scene graph (and, for colours, from the rendered pixels)."""
+    words = q["question"].rstrip("?").split()
+    if q["family"] == "count":
+        shape = words[2].rstrip("s")
+        assert q["answer"] == scenes.NUMBERS[sum(o.shape == shape for o in scene.objects)]
+    elif q["family"] == "colour":
+        (o,) = [o for o in scene.objects if o.shape == words[-1]]
+        assert tuple(pixels[o.y + 2, o.x]) == scenes.COLOURS[q["answer"]]
+    elif q["family"] == "shape":
+        (o,) = [o for o in scene.objects if o.colour == words[4]]
+        assert q["answer"] == o.shape
+    elif q["family"] == "exist":
+        colour, shape = words[-2], words[-1]
+        assert (q["answer"] == "yes") == any(o.colour == colour and o.shape == shape for o in scene.objects)
+    elif q["family"] in ("spatial", "size"):
+        a, b = _named(scene, words[2], words[3]), _named(scene, words[-2], words[-1])
+        truth = {"left": a.x < b.x, "above": a.y < b.y, "bigger": scenes.SIZES[a.size] > scenes.SIZES[b.size]}
+        assert q["answer"] == ("yes" if truth[words[4]] else "no")
+    else:
+        assert q["family"] == "text" and q["answer"] == scene.text and 2 <= len(scene.text) <= 4
+
+
 @pytest.mark.parametrize("index", range(12))
 def test_graph_matches_pixels_and_answers_match_graph(index):
     scene = scenes.make_scene("test", index)
@@ -59,18 +88,24 @@ def test_graph_matches_pixels_and_answers_match_graph(index):
         for o in objects:
             assert any((o.y, o.x) in b or (o.y + 2, o.x) in b for b in blobs)
     for q in scene.questions:
-        words = q["question"].rstrip("?").split()
-        if q["family"] == "count":
-            shape = words[2].rstrip("s")
-            assert q["answer"] == scenes.NUMBERS[sum(o.shape == shape for o in scene.objects)]
-        elif q["family"] == "colour":
-            (o,) = [o for o in scene.objects if o.shape == words[-1]]
-            assert tuple(pixels[o.y + 2, o.x]) == scenes.COLOURS[q["answer"]]
-        elif q["family"] == "exist":
-            colour, shape = words[-2], words[-1]
-            assert (q["answer"] == "yes") == any(o.colour == colour and o.shape == shape for o in scene.objects)
-        elif q["family"] == "text":
-            assert q["answer"] == scene.text and 2 <= len(scene.text) <= 4
+        _check_answer(scene, pixels, q)
+
+
+def test_training_questions_are_many_right_and_keep_every_family():
+    asked, families = [], set()
+    for index in range(40):
+        scene = scenes.make_scene("train", index)
+        pixels = np.asarray(scenes.render(scene))
+        qs = scenes.training_questions(scene, random.Random(index), limit=24)
+        assert len(qs) <= 24 and len({q["question"] for q in qs}) == len(qs)
+        for q in qs:
+            _check_answer(scene, pixels, q)
+        asked.append(len(qs))
+        families |= {q["family"] for q in qs}
+        if scene.text:
+            assert any(q["family"] == "text" for q in qs), "round-robin keeps a family with one question"
+    assert families == set(scenes.FAMILIES)
+    assert np.mean(asked) > 3 * np.mean([len(scenes.make_scene("train", i).questions) for i in range(40)]) / 2
 
 
 def test_every_family_and_pope_split_occurs_and_small_objects_exist():
@@ -91,6 +126,30 @@ def test_patch_labels_mark_object_patches():
         assert owned.any(), "even a small object owns a patch"
         assert set(labels["colour"][owned]) == {list(scenes.COLOURS).index(o.colour) + 1}
         assert set(labels["shape"][owned]) == {scenes.SHAPES.index(o.shape) + 1}
+        assert set(labels["x"][owned]) == {o.x} and set(labels["y"][owned]) == {o.y}
+        centre = (o.y // scenes.PATCH) * scenes.GRID + o.x // scenes.PATCH
+        assert labels["centre"][centre] == 1 and labels["object"][centre] in (i, 0)
+    assert labels["centre"].sum() == len(scene.objects)
+
+
+def test_sign_letters_are_labelled_in_reading_order():
+    index = next(i for i in range(100) if scenes.make_scene("train", i).text)
+    scene = scenes.make_scene("train", index)
+    labels = scenes.patch_labels(scene)
+    read = []  # the letter of each slot, left to right
+    for slot in range(1, len(scene.text) + 1):
+        (letter,) = set(labels["letter"][labels["slot"] == slot])
+        read.append(scenes.LETTERS[letter - 1])
+    assert "".join(read) == scene.text
+
+
+def test_scene_labels_list_the_pairs_present_and_the_sign():
+    scene = scenes.make_scene("train", 3)
+    target = scenes.scene_labels(scene)
+    pairs = {(c, s) for c in scenes.COLOURS for s in scenes.SHAPES
+             if target[list(scenes.COLOURS).index(c) * len(scenes.SHAPES) + scenes.SHAPES.index(s)]}
+    assert pairs == {(o.colour, o.shape) for o in scene.objects}
+    assert target[-1] == float(scene.text is not None)
 
 
 def test_write_split_is_the_eval_layout(tmp_path):

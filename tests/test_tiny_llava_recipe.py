@@ -48,10 +48,13 @@ def test_rerun_resumes_instead_of_retraining(smoke_run):
 
 def test_every_epoch_logs_validation_accuracy_per_family(smoke_run):
     records = [json.loads(line) for line in (smoke_run / "log.jsonl").read_text().splitlines()]
-    (epoch,) = [r for r in records if r["stage"] == "llm"]
+    epochs = [r for r in records if r["stage"] == "llm"]
     families = {q["family"] for i in range(16) for q in scenes.make_scene("val", i).questions}
-    assert set(epoch["val"]) == families | {"overall"}
-    assert all(0.0 <= v <= 1.0 for v in epoch["val"].values())
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for epoch in epochs:
+        assert set(epoch["val"]) == families | {"overall"}
+        assert all(0.0 <= v <= 1.0 for v in epoch["val"].values())
+    assert epochs[0]["keep_background"] < 1.0 == epochs[-1]["keep_background"], "the last epoch sees every patch"
 
 
 @pytest.mark.parametrize("args, message", [(["--llm-epochs", "0"], "--llm-epochs must be > 0"),

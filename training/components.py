@@ -35,34 +35,56 @@ def build_model(vocab_size: int, *, image_token_id: int, pad_id: int, bos_id: in
     return LlavaForConditionalGeneration(config)
 
 
+def tower_hidden(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Output [B, 577, Dv] (CLS first) of the feature layer. Layers after it are skipped: their output is
+    never used (vLLM does not even build them), so training them would only cost time."""
+    vision = model.model.vision_tower
+    hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+    layers = vision.encoder.layers
+    for layer in layers[:len(layers) + 1 + model.config.vision_feature_layer]:
+        hidden = layer(hidden, None)
+    return hidden
+
+
 def tower_features(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
     """Patch features [B, 576, Dv] of the feature layer (-2), CLS dropped: what the projector receives."""
-    hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-    return hidden[model.config.vision_feature_layer][:, 1:]
+    return tower_hidden(model, pixel_values)[:, 1:]
 
 
 class PatchHeads(torch.nn.Module):
-    """Dense pre-training targets for the tower: per-patch colour / shape / size / sign letter, plus object-level
-    shape / size / colour from features pooled over each object's patches (a patch rarely shows a whole shape;
-    the pooled target makes the tower put object context into every patch of the object)."""
+    """Dense pre-training targets for the tower (from `scenes.patch_labels` / `scene_labels`):
+
+    - per patch: colour (every patch; 0 says "no object"), shape, size, sign letter and its slot (on the
+      patches that carry one), and whether the patch holds an object's centre;
+    - per object, from features pooled over its patches: colour, shape, size and centre position (a patch
+      rarely shows a whole shape; the pooled target puts object context and location into each of its patches);
+    - per scene, from CLS: which (colour, shape) pairs occur and whether there is a sign.
+    """
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.sizes = {"colour": len(scenes.COLOURS) + 1, "shape": len(scenes.SHAPES) + 1,
-                      "size": len(scenes.SIZES) + 1, "letter": len(scenes.LETTERS) + 1}
+                      "size": len(scenes.SIZES) + 1, "letter": len(scenes.LETTERS) + 1, "slot": 5, "centre": 2}
         self.patch = torch.nn.ModuleDict({k: torch.nn.Linear(width, n) for k, n in self.sizes.items()})
         self.object = torch.nn.ModuleDict({k: torch.nn.Linear(width, self.sizes[k]) for k in ("colour", "shape", "size")})
+        self.position = torch.nn.Linear(width, 2)
+        self.scene = torch.nn.Linear(width, len(scenes.COLOURS) * len(scenes.SHAPES) + 1)
 
-    def loss(self, feats: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """feats [B, 576, D]; labels: name -> [B, 576] int64. Returns the summed loss and per-patch accuracies."""
+    def loss(self, hidden: torch.Tensor, labels: dict[str, torch.Tensor], scene: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """hidden [B, 577, D] (CLS first); labels: name -> [B, 576] int64, plus "position" [B, 576, 2] (the
+        covering object's centre, in [0, 1]); scene [B, S] multi-hot. Returns the summed loss and accuracies."""
+        feats = hidden[:, 1:]
         total, acc = feats.new_zeros(()), {}
         for name, head in self.patch.items():
             logits, target = head(feats), labels[name]
-            # Colour is learned on every patch (it also says "no object here"); shape, size and letter only on
-            # the patches that carry one, or the background's overwhelming majority drowns them out.
+            # Colour and centre are learned on every patch; shape, size, letter and slot only on the patches
+            # that carry one, or the background's overwhelming majority drowns them out.
+            every = name in ("colour", "centre")
             fg = target > 0
-            if name == "colour":
-                total = total + F.cross_entropy(logits.flatten(0, 1), target.flatten())
+            if every:
+                weight = feats.new_tensor([1.0, 20.0]) if name == "centre" else None  # ~5 centres in 576 patches
+                total = total + F.cross_entropy(logits.flatten(0, 1), target.flatten(), weight=weight)
             elif fg.any():
                 total = total + F.cross_entropy(logits[fg], target[fg])
             acc[name] = float((logits.argmax(-1)[fg] == target[fg]).float().mean()) if fg.any() else 1.0
@@ -78,6 +100,13 @@ class PatchHeads(torch.nn.Module):
             logits = head(pooled)
             total = total + F.cross_entropy(logits, target)
             acc[f"object_{name}"] = float((logits.argmax(-1) == target).float().mean())
+        where = feats.new_zeros(len(counts), 2).index_copy_(0, index, labels["position"].flatten(0, 1))[keep]
+        guess = self.position(pooled)
+        total = total + 5 * F.smooth_l1_loss(guess, where, beta=0.02)  # bounded gradient while features are raw
+        acc["object_position_px"] = float((guess.detach() - where).abs().mean()) * scenes.SIZE
+        logits = self.scene(hidden[:, 0])
+        total = total + F.binary_cross_entropy_with_logits(logits, scene)
+        acc["scene"] = float(((logits > 0) == (scene > 0.5)).all(-1).float().mean())
         return total, acc
 
 
@@ -104,8 +133,9 @@ def qa_sequence(tokenizer, questions: list[dict], n_image_tokens: int, rng: np.r
 
 def lm_loss(model: LlavaForConditionalGeneration, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
             feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token loss on answer tokens. ids/labels/mask [B, L] with 576 image ids per row, feats [B, 576, Dv].
-    Returns (loss, right [B, L - 1]: the token at each position after the first predicted right)."""
+    """Next-token loss on answer tokens. ids/labels/mask [B, L]; feats [M, Dv]: the features of every image id
+    in `ids`, row-major (a row may hold any number of image ids). Returns (loss, right [B, L - 1]: the token at
+    each position after the first predicted right)."""
     embed = model.get_input_embeddings()
     is_image = ids == model.config.image_token_index
     inputs = embed(ids.masked_fill(is_image, 0))

@@ -82,16 +82,13 @@ def evaluate(model_dir: Path, n_questions: int) -> dict:
             "load_and_answer_s": round(load_and_answer_s, 2), "sample_200_predictions": predictions[:SAMPLE]}
 
 
-def _validation(record: dict) -> str:
-    """One epoch's validation figure; logs written before per-family validation carry the share of scenes
-    with every answer right instead."""
-    if "val" in record:
-        return str(record["val"]["overall"])
-    return f"{record['val_scene_all_right']} (share of scenes with every answer right)"
+def training_minutes(log: list[dict]) -> float:
+    """Wall time of the stages (tower, feature caches, LLM epochs), each logged once by the run that did it,
+    so a resumed run still adds up to the whole."""
+    return sum(r.get("seconds", 0) for r in log if r["stage"] != "done") / 60
 
 
 def card(result: dict, log: list[dict], command: str) -> str:
-    done = next((r for r in log if r["stage"] == "done"), {})
     tower = [r for r in log if r["stage"] == "tower"][-1:]
     llm = [r for r in log if r["stage"] == "llm"]
     families = [f for f in scenes.FAMILIES if f in result["accuracy"]] + ["overall"]
@@ -111,10 +108,10 @@ def card(result: dict, log: list[dict], command: str) -> str:
         f"{result['config']['train_scenes']} training scenes, {result['config']['val_scenes']} validation scenes, "
         f"{result['config']['tower_steps']} tower steps x {result['config']['tower_batch']} images, "
         f"{result['config']['llm_epochs']} LLM epochs)."),
-        f"- Wall time on 2 CPU cores: {done.get('seconds', 0) / 60:.0f} min (tower pre-training, feature cache, LLM).",
+        f"- Wall time on 2 CPU cores: {training_minutes(log):.0f} min (tower pre-training, feature cache, LLM).",
         f"- Tower pre-training, last logged step: {json.dumps(tower[0]) if tower else 'n/a'}",
-        (f"- LLM epochs (validation answer accuracy, teacher-forced): "
-        f"{', '.join(_validation(r) for r in llm)}"),
+        ("- LLM epochs (share of image patches shown; validation answer accuracy, teacher-forced): "
+         + ", ".join(f"{r['keep_background']:.2f} background: {pct(r['val']['overall'])} %" for r in llm)),
         "",
         f"## Test accuracy ({result['questions']} questions from {result['scenes']} test scenes, greedy, 576 tokens)",
         "",

@@ -102,11 +102,14 @@ def render(scene: Scene) -> Image.Image:
 
 def patch_labels(scene: Scene) -> dict[str, np.ndarray]:
     """Per-patch targets [576] for tower pre-training, from the scene graph (0 = background / none):
-    colour, shape and size of the object covering the patch centre, object id (for object-level pooling) and
-    the sign letter whose cell covers the patch centre."""
+    colour, shape, size and centre (x, y in pixels) of the object covering the patch centre, object id (for
+    object-level pooling), centre (1 on the patch holding an object's centre: one per object, what counting
+    needs), and the sign letter whose cell covers the patch centre with its slot (1-4, left to right: what
+    reading in order needs)."""
     centres = (np.arange(GRID) * PATCH + PATCH / 2)
     cy, cx = np.meshgrid(centres, centres, indexing="ij")
-    labels = {k: np.zeros((GRID, GRID), dtype=np.int64) for k in ("colour", "shape", "size", "object", "letter")}
+    names = ("colour", "shape", "size", "object", "x", "y", "centre", "letter", "slot")
+    labels = {k: np.zeros((GRID, GRID), dtype=np.int64) for k in names}
     for i, o in enumerate(scene.objects, start=1):
         r = SIZES[o.size]
         if o.shape == "circle":
@@ -123,12 +126,26 @@ def patch_labels(scene: Scene) -> dict[str, np.ndarray]:
         labels["shape"][inside] = SHAPES.index(o.shape) + 1
         labels["size"][inside] = list(SIZES).index(o.size) + 1
         labels["object"][inside] = i
+        labels["x"][inside], labels["y"][inside] = o.x, o.y
+        labels["centre"][min(GRID - 1, o.y // PATCH), min(GRID - 1, o.x // PATCH)] = 1
     if scene.text:
         x0, y0, _, y1 = scene.sign_box
         for i, ch in enumerate(scene.text):
             cell = (cx >= x0 + 8 + 14 * i) & (cx < x0 + 22 + 14 * i) & (cy >= y0) & (cy <= y1)
             labels["letter"][cell] = LETTERS.index(ch) + 1
+            labels["slot"][cell] = i + 1
     return {k: v.reshape(-1) for k, v in labels.items()}
+
+
+def scene_labels(scene: Scene) -> np.ndarray:
+    """Scene-level multi-hot target [len(COLOURS) * len(SHAPES) + 1] for the tower's CLS token: which
+    (colour, shape) pairs occur, and whether there is a sign. Reading it off, CLS must attend to every object,
+    so its attention ranks patches by salience the way importance-based pruning expects."""
+    target = np.zeros(len(COLOURS) * len(SHAPES) + 1, dtype=np.float32)
+    for o in scene.objects:
+        target[list(COLOURS).index(o.colour) * len(SHAPES) + SHAPES.index(o.shape)] = 1.0
+    target[-1] = float(scene.text is not None)
+    return target
 
 
 def _a(word: str) -> str:
@@ -178,6 +195,49 @@ def make_questions(scene: Scene, rng: random.Random) -> list[dict]:
             add("size", f"Is the {a.name} bigger than the {b.name}?", "yes" if bigger else "no")
     if scene.text:
         add("text", "What does the sign say?", scene.text)
+    return qs
+
+
+def training_questions(scene: Scene, rng: random.Random, limit: int = 24) -> list[dict]:
+    """Many questions about one scene for training (the evaluation splits keep `make_questions`' one or two
+    per family): every question each family supports, drawn round-robin over the families in random order
+    until `limit`, so a long sequence of turns keeps the rare families (size, text) in it."""
+    objs = scene.objects
+    pool: dict[str, list[tuple[str, str]]] = {f: [] for f in FAMILIES}
+    for o in _unique(objs, lambda o: o.shape):
+        pool["colour"].append((f"What colour is the {o.shape}?", o.colour))
+    for o in _unique(objs, lambda o: o.colour):
+        pool["shape"].append((f"What shape is the {o.colour} object?", o.shape))
+    for shape in SHAPES:
+        pool["count"].append((f"How many {shape}s are there?", NUMBERS[sum(o.shape == shape for o in objs)]))
+    present = {(o.colour, o.shape) for o in objs}
+    negatives = {_negative(present, objs, rng.choice(POPE_SPLITS), rng) for _ in present} - {None}
+    pool["exist"] = [(f"Is there {_a(c)} {s}?", "yes") for c, s in sorted(present)]
+    pool["exist"] += [(f"Is there {_a(c)} {s}?", "no") for c, s in sorted(negatives)]
+    named = _unique(objs, lambda o: o.name)
+    for a in named:
+        for b in named:
+            if a is b:
+                continue
+            if abs(a.x - b.x) > 24:
+                pool["spatial"].append((f"Is the {a.name} left of the {b.name}?", "yes" if a.x < b.x else "no"))
+            if abs(a.y - b.y) > 24:
+                pool["spatial"].append((f"Is the {a.name} above the {b.name}?", "yes" if a.y < b.y else "no"))
+            if a.size != b.size:
+                pool["size"].append((f"Is the {a.name} bigger than the {b.name}?",
+                                     "yes" if SIZES[a.size] > SIZES[b.size] else "no"))
+    if scene.text:
+        pool["text"].append(("What does the sign say?", scene.text))
+    for items in pool.values():
+        rng.shuffle(items)
+    order = [f for f in FAMILIES if pool[f]]
+    rng.shuffle(order)
+    qs: list[dict] = []
+    while len(qs) < limit and any(pool[f] for f in order):
+        for family in order:
+            if pool[family] and len(qs) < limit:
+                question, answer = pool[family].pop()
+                qs.append({"family": family, "question": question, "answer": answer})
     return qs
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,24 +33,26 @@ class Config:
     out: str = "runs/tiny-llava"
     seed: int = 0
     optimizer: str = "adamw"
-    train_scenes: int = 6000
+    train_scenes: int = 10000
     val_scenes: int = 200
-    tower_steps: int = 400
+    tower_steps: int = 1200
     tower_batch: int = 16
     tower_lr: float = 2e-3
     llm_epochs: int = 4
     llm_batch: int = 16
     llm_lr: float = 2e-3
+    llm_questions: int = 24
+    llm_keep_background: float = 0.25
     threads: int = 2
     device: str = "cpu"
 
     @classmethod
     def smoke(cls, out: str) -> Config:
-        return cls(out=out, train_scenes=48, val_scenes=16, tower_steps=4, tower_batch=4, llm_epochs=1, llm_batch=8)
+        return cls(out=out, train_scenes=48, val_scenes=16, tower_steps=4, tower_batch=4, llm_epochs=2, llm_batch=8)
 
 
 _NUMBERS = ("seed", "train_scenes", "val_scenes", "tower_steps", "tower_batch", "tower_lr", "llm_epochs", "llm_batch",
-            "llm_lr", "threads")
+            "llm_lr", "llm_questions", "llm_keep_background", "threads")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,32 +93,48 @@ def _log(out: Path, record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
+def _tower_batch(indices, processor, device: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """(pixels, per-patch labels with "position" [B, 576, 2] in [0, 1], scene targets) of training scenes."""
+    graphs = [scenes.make_scene("train", int(i)) for i in indices]
+    per_patch = [scenes.patch_labels(g) for g in graphs]
+    labels = {k: torch.from_numpy(np.stack([lab[k] for lab in per_patch])).to(device) for k in per_patch[0]}
+    labels["position"] = torch.stack([labels.pop("x"), labels.pop("y")], dim=-1).float() / scenes.SIZE
+    pixels = processor.image_processor([scenes.render(g) for g in graphs], return_tensors="pt").pixel_values
+    scene = torch.from_numpy(np.stack([scenes.scene_labels(g) for g in graphs])).to(device)
+    return pixels.to(device), labels, scene
+
+
 def train_tower(model, processor, config: Config, out: Path) -> None:
     done = out / "tower.pt"
     if done.exists():
         model.model.vision_tower.load_state_dict(torch.load(done, map_location=config.device))
         return
+    start = time.time()
     heads = components.PatchHeads(model.config.vision_config.hidden_size).to(config.device)
     params = [*model.model.vision_tower.parameters(), *heads.parameters()]
     opt = components.make_optimizer(config.optimizer, params, config.tower_lr)
     rng = np.random.default_rng(config.seed)
+    # Signs are in about a third of the scenes and cover a few patches each: half of every batch shows one,
+    # or the letter heads see too little text to learn reading.
+    signs = np.array([i for i in range(config.train_scenes) if scenes.make_scene("train", i).text])
     bar = tqdm(range(config.tower_steps), desc="tower")
     for step in bar:
         lr = config.tower_lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / config.tower_steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = rng.integers(0, config.train_scenes, config.tower_batch)
-        labels = [scenes.patch_labels(scenes.make_scene("train", int(i))) for i in idx]
-        labels = {k: torch.from_numpy(np.stack([lab[k] for lab in labels])).to(config.device) for k in labels[0]}
-        pixels = _pixels(processor, "train", idx).to(config.device)
-        loss, acc = heads.loss(components.tower_features(model, pixels), labels)
+        half = config.tower_batch // 2
+        idx = np.concatenate([rng.choice(signs, half), rng.integers(0, config.train_scenes, config.tower_batch - half)])
+        pixels, labels, scene = _tower_batch(idx, processor, config.device)
+        loss, acc = heads.loss(components.tower_hidden(model, pixels), labels, scene)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", colour=f"{acc['colour']:.2f}", shape=f"{acc['object_shape']:.2f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", shape=f"{acc['object_shape']:.2f}", letter=f"{acc['letter']:.2f}")
         if (step + 1) % 50 == 0 or step + 1 == config.tower_steps:
-            _log(out, {"stage": "tower", "step": step + 1, "loss": round(loss.item(), 4), **acc})
+            _log(out, {"stage": "tower", "step": step + 1, "loss": round(loss.item(), 4),
+                       **{k: round(v, 4) for k, v in acc.items()}})
     torch.save(model.model.vision_tower.state_dict(), done)
+    _log(out, {"stage": "tower done", "seconds": round(time.time() - start)})
 
 
 @torch.no_grad()
@@ -124,22 +143,49 @@ def cache_features(model, processor, split: str, count: int, out: Path) -> torch
     path = out / f"features_{split}_{count}.pt"
     if path.exists():
         return torch.load(path)
-    feats = []
+    start_time, feats = time.time(), []
     for start in tqdm(range(0, count, 32), desc=f"cache {split}"):
         idx = range(start, min(count, start + 32))
         pixels = _pixels(processor, split, idx).to(model.device)
         feats.append(components.tower_features(model, pixels).half().cpu())
     feats = torch.cat(feats)
     torch.save(feats, path)
+    _log(out, {"stage": f"cache {split} done", "seconds": round(time.time() - start_time)})
     return feats
 
 
-def _batches(tokenizer, split: str, indices, batch: int, rng) -> list:
+def _kept_patches(scene: scenes.Scene, keep_background: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the patches a training sequence shows: every patch of an object or a sign letter, and each
+    background patch with probability `keep_background`."""
+    labels = scenes.patch_labels(scene)
+    content = (labels["colour"] > 0) | (labels["letter"] > 0)
+    return np.flatnonzero(content | (rng.random(content.shape) < keep_background))
+
+
+def _train_batches(tokenizer, indices, config: Config, keep_background: float, rng: np.random.Generator) -> list:
+    """Batches of (scene indices, kept patches per scene, ids, labels, mask): each sequence asks up to
+    `llm_questions` questions about one scene, whose image shows only the kept patches."""
     out = []
-    for start in range(0, len(indices), batch):
-        rows = [components.qa_sequence(tokenizer, scenes.make_scene(split, int(i)).questions, 576, rng)
-                for i in indices[start:start + batch]]
-        out.append((indices[start:start + batch], *components.pad_batch(rows, tokenizer.pad_token_id)))
+    for start in range(0, len(indices), config.llm_batch):
+        chunk = indices[start:start + config.llm_batch]
+        graphs = [scenes.make_scene("train", int(i)) for i in chunk]
+        kept = [_kept_patches(g, keep_background, rng) if keep_background < 1 else np.arange(576) for g in graphs]
+        rows = [components.qa_sequence(tokenizer, scenes.training_questions(g, random.Random(int(rng.integers(2**31))),
+                                                                            config.llm_questions), len(k), rng)
+                for g, k in zip(graphs, kept)]
+        ids, labels, mask, _ = components.pad_batch(rows, tokenizer.pad_token_id)
+        out.append((chunk, kept, ids, labels, mask))
+    return out
+
+
+def _val_batches(tokenizer, count: int, batch: int) -> list:
+    """Batches of (scene indices, ids, labels, mask, owners): every evaluation-style question of a validation
+    scene, as turns over the whole image."""
+    out, rng = [], np.random.default_rng(0)
+    for start in range(0, count, batch):
+        chunk = range(start, min(count, start + batch))
+        rows = [components.qa_sequence(tokenizer, scenes.make_scene("val", i).questions, 576, rng) for i in chunk]
+        out.append((chunk, *components.pad_batch(rows, tokenizer.pad_token_id)))
     return out
 
 
@@ -148,9 +194,9 @@ def validate(model, tokenizer, feats: torch.Tensor, config: Config) -> dict[str,
     """Teacher-forced answer accuracy on the validation scenes, per question family and overall."""
     model.eval()
     right: dict[str, list[bool]] = {}
-    for idx, ids, labels, mask, owners in _batches(tokenizer, "val", np.arange(len(feats)), config.llm_batch,
-                                                    np.random.default_rng(0)):
-        _, ok = components.lm_loss(model, *_to(config.device, ids, labels, mask), _feats(feats, idx, config))
+    for idx, ids, labels, mask, owners in _val_batches(tokenizer, len(feats), config.llm_batch):
+        rows = feats[torch.as_tensor(list(idx))].flatten(0, 1)
+        _, ok = components.lm_loss(model, *_to(config.device, ids, labels, mask, rows.float()))
         ok, owners = ok.cpu(), owners[:, 1:]
         for row, i in enumerate(idx):
             for q, question in enumerate(scenes.make_scene("val", int(i)).questions):
@@ -164,11 +210,10 @@ def _to(device: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.to(device) for t in tensors]
 
 
-def _feats(feats: torch.Tensor, idx, config: Config) -> torch.Tensor:
-    return feats[torch.as_tensor(idx)].to(config.device).float()
-
-
 def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Path) -> None:
+    """Projector + LLM on cached features, resumable per epoch. All epochs but the last show each sequence only
+    its objects and a `llm_keep_background` share of the background (fewer, more telling image tokens: faster
+    steps and an easier start for attention); the last epoch shows every patch, as at test time."""
     params = [*model.model.multi_modal_projector.parameters(), *model.model.language_model.parameters(),
               *model.lm_head.parameters()]
     opt = components.make_optimizer(config.optimizer, params, config.llm_lr)
@@ -181,21 +226,26 @@ def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Pat
     steps_per_epoch = math.ceil(config.train_scenes / config.llm_batch)
     total = steps_per_epoch * config.llm_epochs
     for epoch in range(start_epoch, config.llm_epochs):
-        rng = np.random.default_rng(config.seed + epoch)
-        batches = _batches(tokenizer, "train", rng.permutation(config.train_scenes), config.llm_batch, rng)
+        start_time, rng = time.time(), np.random.default_rng(config.seed + epoch)
+        keep = 1.0 if epoch + 1 == config.llm_epochs else config.llm_keep_background
+        batches = _train_batches(tokenizer, rng.permutation(config.train_scenes), config, keep, rng)
         bar = tqdm(batches, desc=f"llm epoch {epoch + 1}/{config.llm_epochs}")
-        for step, (idx, ids, labels, mask, _) in enumerate(bar, start=epoch * steps_per_epoch):
+        for step, (idx, kept, ids, labels, mask) in enumerate(bar, start=epoch * steps_per_epoch):
             lr = config.llm_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss, _ = components.lm_loss(model, *_to(config.device, ids, labels, mask), _feats(train_feats, idx, config))
+            rows = torch.cat([train_feats[int(i)][torch.from_numpy(k)] for i, k in zip(idx, kept)]).float()
+            loss, _ = components.lm_loss(model, *_to(config.device, ids, labels, mask, rows))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            if (step + 1) % 100 == 0:
+                _log(out, {"stage": "llm step", "step": step + 1, "loss": round(loss.item(), 4)})
         val = validate(model, tokenizer, val_feats, config)
-        _log(out, {"stage": "llm", "epoch": epoch + 1, "loss": round(loss.item(), 4), "val": val})
+        _log(out, {"stage": "llm", "epoch": epoch + 1, "keep_background": keep, "loss": round(loss.item(), 4),
+                   "val": val, "seconds": round(time.time() - start_time)})
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1}, state_path)
 
 

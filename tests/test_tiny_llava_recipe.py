@@ -6,12 +6,14 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tokencomp.serving.hf_reference import answer
 from tokencomp.serving.spec import Spec
 from tokencomp.training import scenes
+from tokencomp.training.recipes import tiny_llava
 
 CLI = [sys.executable, "-m", "tokencomp.cli", "train", "tiny-llava"]
 
@@ -46,18 +48,32 @@ def test_rerun_resumes_instead_of_retraining(smoke_run):
     assert after[len(before):] == ["done"], "finished tower and LLM stages must not run again"
 
 
-def test_every_epoch_logs_validation_accuracy_per_family(smoke_run):
+def test_every_phase_logs_validation_accuracy_per_family(smoke_run):
     records = [json.loads(line) for line in (smoke_run / "log.jsonl").read_text().splitlines()]
-    epochs = [r for r in records if r["stage"] == "llm"]
+    phases = [r for r in records if r["stage"] == "llm"]
     families = {q["family"] for i in range(16) for q in scenes.make_scene("val", i).questions}
-    assert [r["epoch"] for r in epochs] == [1, 2]
-    for epoch in epochs:
-        assert set(epoch["val"]) == families | {"overall"}
-        assert all(0.0 <= v <= 1.0 for v in epoch["val"].values())
-    assert epochs[0]["keep_background"] < 1.0 == epochs[-1]["keep_background"], "the last epoch sees every patch"
+    assert [r["phase"] for r in phases] == [p.name for p in tiny_llava.CURRICULUM]
+    for phase in phases:
+        assert set(phase["val"]) == families | {"overall"}
+        assert all(0.0 <= v <= 1.0 for v in phase["val"].values())
 
 
-@pytest.mark.parametrize("args, message", [(["--llm-epochs", "0"], "--llm-epochs must be > 0"),
+def test_curriculum_grows_to_whole_busy_images():
+    phases = tiny_llava.CURRICULUM
+    assert phases[0].max_objects == 1 and phases[-1].max_objects == scenes.MAX_OBJECTS
+    assert [p.max_objects for p in phases] == sorted(p.max_objects for p in phases)
+    assert phases[-1].keep_background == 1.0, "the last phase shows every patch, as at test time"
+    assert tiny_llava.phase_steps(tiny_llava.Config(llm_scale=0.5)) == [round(p.steps / 2) for p in phases]
+    rng = np.random.default_rng(0)
+    for index in range(20):
+        scene = scenes.make_scene("train", index)
+        labels = scenes.patch_labels(scene)
+        kept = set(tiny_llava._kept_patches(scene, 0.0, rng).tolist())
+        assert kept == set(np.flatnonzero((labels["colour"] > 0) | (labels["letter"] > 0)).tolist())
+        assert len(tiny_llava._kept_patches(scene, 1.0, rng)) == scenes.GRID * scenes.GRID
+
+
+@pytest.mark.parametrize("args, message", [(["--llm-scale", "0"], "--llm-scale must be > 0"),
                                            (["--llm-lr=-1e-3"], "--llm-lr must be > 0"),
                                            (["--optimizer", "sgdx"], "unknown optimizer 'sgdx'"),
                                            (["--device", "nope"], "--device 'nope' is not usable")])

@@ -105,13 +105,15 @@ def card(result: dict, log: list[dict], command: str) -> str:
         "",
         f"- Command: `{command}`",
         (f"- Seed and sizes: see `training_config.json` (seed {result['config']['seed']}, "
-        f"{result['config']['train_scenes']} training scenes, {result['config']['val_scenes']} validation scenes, "
-        f"{result['config']['tower_steps']} tower steps x {result['config']['tower_batch']} images, "
-        f"{result['config']['llm_epochs']} LLM epochs)."),
+         f"{result['config']['train_scenes']} training scenes, {result['config']['val_scenes']} validation scenes, "
+         f"{result['config']['tower_steps']} tower steps x {result['config']['tower_batch']} images, "
+         f"LLM steps x {result['config']['llm_scale']} of the curriculum's, batch {result['config']['llm_batch']})."),
         f"- Wall time on 2 CPU cores: {training_minutes(log):.0f} min (tower pre-training, feature cache, LLM).",
-        f"- Tower pre-training, last logged step: {json.dumps(tower[0]) if tower else 'n/a'}",
-        ("- LLM epochs (share of image patches shown; validation answer accuracy, teacher-forced): "
-         + ", ".join(f"{r['keep_background']:.2f} background: {pct(r['val']['overall'])} %" for r in llm)),
+        ("- Tower pre-training (dense labels from the generator: per-patch colour / shape / size / letter / letter "
+         "slot / object centre, per-object attributes and position, scene content on CLS), last logged step: "
+         f"{json.dumps(tower[0]) if tower else 'n/a'}"),
+        "- LLM curriculum (phase: steps, validation answer accuracy on whole images, teacher-forced): "
+        + "; ".join(f"{r['phase']}: {r['steps']}, {pct(r['val']['overall'])} %" for r in llm),
         "",
         f"## Test accuracy ({result['questions']} questions from {result['scenes']} test scenes, greedy, 576 tokens)",
         "",

@@ -25,6 +25,7 @@ LETTERS = "abcdefghkmnprstx"
 SPLIT_SEEDS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
 FAMILIES = ("colour", "shape", "count", "exist", "spatial", "size", "text")
 POPE_SPLITS = ("random", "popular", "adversarial")
+MAX_OBJECTS = 8
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 
 
@@ -67,7 +68,7 @@ def make_scene(split: str, index: int) -> Scene:
         scene.sign_box = (x0, y0, x0 + w, y0 + 30)
     taken = [] if scene.sign_box is None else [((scene.sign_box[0] + scene.sign_box[2]) / 2,
                                                  (scene.sign_box[1] + scene.sign_box[3]) / 2, 44)]
-    for _ in range(rng.randint(1, 8)):
+    for _ in range(rng.randint(1, MAX_OBJECTS)):
         for _attempt in range(50):
             size = rng.choice(list(SIZES))
             r = SIZES[size]

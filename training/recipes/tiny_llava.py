@@ -3,7 +3,8 @@
 1. tower: the CLIP ViT learns per-patch and per-object labels the generator knows (colour, shape, size, letters);
 2. cache: the tower is frozen and its feature-layer output is computed once for every training scene;
 3. llm: projector + LLaMA learn all of a scene's questions as chat turns over the cached features (the tower's
-   forward and backward would otherwise be most of the cost), validated every epoch.
+   forward and backward would otherwise be most of the cost) through a curriculum from one-object scenes to
+   whole images, validated after every phase.
 The result is saved in the llava-hf layout with its tokenizer and processor.
 
     tokencomp train tiny-llava --out runs/tiny-llava [--smoke] [--optimizer adamw]
@@ -16,6 +17,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,21 +40,19 @@ class Config:
     tower_steps: int = 1200
     tower_batch: int = 16
     tower_lr: float = 2e-3
-    llm_epochs: int = 4
+    llm_scale: float = 1.0  # multiplies the steps of every CURRICULUM phase
     llm_batch: int = 16
     llm_lr: float = 2e-3
-    llm_questions: int = 24
-    llm_keep_background: float = 0.25
     threads: int = 2
     device: str = "cpu"
 
     @classmethod
     def smoke(cls, out: str) -> Config:
-        return cls(out=out, train_scenes=48, val_scenes=16, tower_steps=4, tower_batch=4, llm_epochs=2, llm_batch=8)
+        return cls(out=out, train_scenes=48, val_scenes=16, tower_steps=4, tower_batch=4, llm_scale=0.005, llm_batch=8)
 
 
-_NUMBERS = ("seed", "train_scenes", "val_scenes", "tower_steps", "tower_batch", "tower_lr", "llm_epochs", "llm_batch",
-            "llm_lr", "llm_questions", "llm_keep_background", "threads")
+_NUMBERS = ("seed", "train_scenes", "val_scenes", "tower_steps", "tower_batch", "tower_lr", "llm_scale", "llm_batch",
+            "llm_lr", "threads")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,28 +154,61 @@ def cache_features(model, processor, split: str, count: int, out: Path) -> torch
     return feats
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One phase of the LLM curriculum: scenes with at most `max_objects` objects, `questions` turns per
+    sequence, and the image showing its object and letter patches plus a `keep_background` share of the rest."""
+
+    name: str
+    max_objects: int
+    questions: int
+    keep_background: float
+    steps: int  # at llm_scale 1
+
+
+# A randomly initialised LLM does not find the look-up "the patches the question names -> their attribute" in
+# busy scenes (trained on them directly it stays at the answer priors): neither the attention nor the value
+# path it needs is useful without the other. With one object the value path alone answers; with two, attending
+# to the named one pays off at once; each phase widens what the previous one learned. The last phase shows
+# every patch, as at test time.
+CURRICULUM = (
+    Phase("one object", 1, 4, 0.0, 300),
+    Phase("two objects", 2, 4, 0.0, 600),
+    Phase("three objects", 3, 4, 0.0, 600),
+    Phase("any scene", scenes.MAX_OBJECTS, 8, 0.0, 1500),
+    Phase("dense", scenes.MAX_OBJECTS, 24, 0.25, 1500),
+    Phase("whole image", scenes.MAX_OBJECTS, 24, 1.0, 600),
+)
+
+
+def phase_steps(config: Config) -> list[int]:
+    return [max(1, round(phase.steps * config.llm_scale)) for phase in CURRICULUM]
+
+
 def _kept_patches(scene: scenes.Scene, keep_background: float, rng: np.random.Generator) -> np.ndarray:
     """Indices of the patches a training sequence shows: every patch of an object or a sign letter, and each
     background patch with probability `keep_background`."""
+    if keep_background >= 1:
+        return np.arange(scenes.GRID * scenes.GRID)
     labels = scenes.patch_labels(scene)
     content = (labels["colour"] > 0) | (labels["letter"] > 0)
     return np.flatnonzero(content | (rng.random(content.shape) < keep_background))
 
 
-def _train_batches(tokenizer, indices, config: Config, keep_background: float, rng: np.random.Generator) -> list:
-    """Batches of (scene indices, kept patches per scene, ids, labels, mask): each sequence asks up to
-    `llm_questions` questions about one scene, whose image shows only the kept patches."""
-    out = []
-    for start in range(0, len(indices), config.llm_batch):
-        chunk = indices[start:start + config.llm_batch]
-        graphs = [scenes.make_scene("train", int(i)) for i in chunk]
-        kept = [_kept_patches(g, keep_background, rng) if keep_background < 1 else np.arange(576) for g in graphs]
-        rows = [components.qa_sequence(tokenizer, scenes.training_questions(g, random.Random(int(rng.integers(2**31))),
-                                                                            config.llm_questions), len(k), rng)
-                for g, k in zip(graphs, kept)]
-        ids, labels, mask, _ = components.pad_batch(rows, tokenizer.pad_token_id)
-        out.append((chunk, kept, ids, labels, mask))
-    return out
+def _train_batches(tokenizer, pool: np.ndarray, config: Config, phase: Phase, steps: int,
+                   rng: np.random.Generator) -> Iterator[tuple]:
+    """`steps` batches of (scene indices, kept patches per scene, ids, labels, mask), drawn from `pool` without
+    replacement until it runs out (then from a fresh permutation)."""
+    order = np.concatenate([rng.permutation(pool) for _ in range(math.ceil(steps * config.llm_batch / len(pool)))])
+    for step in range(steps):
+        rows = []
+        for i in order[step * config.llm_batch:(step + 1) * config.llm_batch]:
+            graph = scenes.make_scene("train", int(i))
+            questions = scenes.training_questions(graph, random.Random(int(rng.integers(2**31))), phase.questions)
+            kept = _kept_patches(graph, phase.keep_background, rng)
+            rows.append((int(i), kept, components.qa_sequence(tokenizer, questions, len(kept), rng)))
+        ids, labels, mask, _ = components.pad_batch([r[2] for r in rows], tokenizer.pad_token_id)
+        yield [r[0] for r in rows], [r[1] for r in rows], ids, labels, mask
 
 
 def _val_batches(tokenizer, count: int, batch: int) -> list:
@@ -211,30 +244,29 @@ def _to(device: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Path) -> None:
-    """Projector + LLM on cached features, resumable per epoch. All epochs but the last show each sequence only
-    its objects and a `llm_keep_background` share of the background (fewer, more telling image tokens: faster
-    steps and an easier start for attention); the last epoch shows every patch, as at test time."""
+    """Projector + LLM on cached features through the CURRICULUM, resumable per phase."""
     params = [*model.model.multi_modal_projector.parameters(), *model.model.language_model.parameters(),
               *model.lm_head.parameters()]
     opt = components.make_optimizer(config.optimizer, params, config.llm_lr)
-    state_path, start_epoch = out / "llm.pt", 0
+    state_path, start_phase = out / "llm.pt", 0
     if state_path.exists():
         state = torch.load(state_path, weights_only=False, map_location=config.device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
-    steps_per_epoch = math.ceil(config.train_scenes / config.llm_batch)
-    total = steps_per_epoch * config.llm_epochs
-    for epoch in range(start_epoch, config.llm_epochs):
-        start_time, rng = time.time(), np.random.default_rng(config.seed + epoch)
-        keep = 1.0 if epoch + 1 == config.llm_epochs else config.llm_keep_background
-        batches = _train_batches(tokenizer, rng.permutation(config.train_scenes), config, keep, rng)
-        bar = tqdm(batches, desc=f"llm epoch {epoch + 1}/{config.llm_epochs}")
-        for step, (idx, kept, ids, labels, mask) in enumerate(bar, start=epoch * steps_per_epoch):
-            lr = config.llm_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
+        start_phase = state["phase"]
+    steps = phase_steps(config)
+    objects = np.array([len(scenes.make_scene("train", i).objects) for i in range(config.train_scenes)])
+    for index in range(start_phase, len(CURRICULUM)):
+        phase, start_time = CURRICULUM[index], time.time()
+        rng = np.random.default_rng(config.seed + index)
+        pool = np.flatnonzero(objects <= phase.max_objects)
+        batches = _train_batches(tokenizer, pool, config, phase, steps[index], rng)
+        bar = tqdm(batches, total=steps[index], desc=f"llm {index + 1}/{len(CURRICULUM)} {phase.name}")
+        for step, (idx, kept, ids, labels, mask) in enumerate(bar, start=sum(steps[:index])):
+            lr = config.llm_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / sum(steps)))
             for group in opt.param_groups:
                 group["lr"] = lr
-            rows = torch.cat([train_feats[int(i)][torch.from_numpy(k)] for i, k in zip(idx, kept)]).float()
+            rows = torch.cat([train_feats[i][torch.from_numpy(k)] for i, k in zip(idx, kept)]).float()
             loss, _ = components.lm_loss(model, *_to(config.device, ids, labels, mask, rows))
             opt.zero_grad()
             loss.backward()
@@ -244,9 +276,9 @@ def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Pat
             if (step + 1) % 100 == 0:
                 _log(out, {"stage": "llm step", "step": step + 1, "loss": round(loss.item(), 4)})
         val = validate(model, tokenizer, val_feats, config)
-        _log(out, {"stage": "llm", "epoch": epoch + 1, "keep_background": keep, "loss": round(loss.item(), 4),
+        _log(out, {"stage": "llm", "phase": phase.name, "steps": steps[index], "loss": round(loss.item(), 4),
                    "val": val, "seconds": round(time.time() - start_time)})
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1}, state_path)
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "phase": index + 1}, state_path)
 
 
 def run_recipe(config: Config) -> Path:

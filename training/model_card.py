@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 import time
 from collections import Counter, defaultdict
@@ -62,13 +63,21 @@ def score(model, processor, rows: list[dict], image_for) -> tuple[dict[str, floa
     return {k: right[k] / total[k] for k in total}, predictions
 
 
-def evaluate(model_dir: Path, n_questions: int) -> dict:
+def load_and_answer(model_dir: Path) -> tuple[float, LlavaForConditionalGeneration, object]:
+    """Seconds to load the model and processor and answer the first test question, and the two loaded."""
     start = time.perf_counter()
     model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     first = fixed_questions(1)[0]
     answer(model, processor, scenes.render(scenes.make_scene("test", 0)), first["question"], Spec(), 6)
-    load_and_answer_s = time.perf_counter() - start
+    return time.perf_counter() - start, model, processor
+
+
+def evaluate(model_dir: Path, n_questions: int) -> dict:
+    # The first load in a process also pays transformers' lazy imports; the next ones show the model's own cost.
+    timings = [load_and_answer(model_dir) for _ in range(3)]
+    load_and_answer_s, again_s = timings[0][0], statistics.median(t for t, _, _ in timings[1:])
+    _, model, processor = timings[-1]
     rows = fixed_questions(n_questions)
     n_scenes = rows[-1]["scene"] + 1
     blank = Image.new("RGB", (scenes.SIZE, scenes.SIZE), (235, 235, 235))
@@ -79,7 +88,8 @@ def evaluate(model_dir: Path, n_questions: int) -> dict:
                        lambda r: scenes.render(scenes.make_scene("test", (r["scene"] + 1) % n_scenes)))
     return {"questions": len(rows), "scenes": n_scenes, "accuracy": full, "sample_200_accuracy": sample["overall"],
             "blank_image": blanked, "other_scene": swapped, "chance": chance(rows),
-            "load_and_answer_s": round(load_and_answer_s, 2), "sample_200_predictions": predictions[:SAMPLE]}
+            "load_and_answer_s": round(load_and_answer_s, 2), "load_and_answer_again_s": round(again_s, 2),
+            "sample_200_predictions": predictions[:SAMPLE]}
 
 
 def training_minutes(log: list[dict]) -> float:
@@ -124,11 +134,22 @@ def card(result: dict, log: list[dict], command: str) -> str:
         ch = pct(result["chance"][f]) if f in result["chance"] else "—"
         lines.append(f"| {f} | {pct(result['accuracy'][f])} | {pct(result['blank_image'][f])} | "
                      f"{pct(result['other_scene'][f])} | {ch} |")
+    weak = [f for f in scenes.FAMILIES if f in result["chance"] and result["accuracy"][f] <= result["chance"][f] + 0.05]
+    if weak:
+        letters = f"{100 * tower[0]['letter']:.0f} %" if tower and "letter" in tower[0] else "n/a"
+        lines += [
+            "",
+            (f"At or near their best-constant answer: **{', '.join(weak)}**. Existence, spatial and size questions all "
+             "name an object by colour *and* shape; the LLM has learned single-attribute look-ups (colour, shape, "
+             "count) but not this conjunction, the likeliest reason. Reading the sign needs letters the tower "
+             f"recognises on only {letters} of letter patches (last tower step)."),
+        ]
     lines += [
         "",
         (f"Fixed 200-question sample (the first 200 test questions; `tests/test_shipped_model.py` re-scores it): "
         f"**{pct(result['sample_200_accuracy'])} %**."),
-        f"Load + answer one question in transformers: {result['load_and_answer_s']} s.",
+        (f"Load + answer one question in transformers: {result['load_and_answer_s']} s, the first time in a process "
+         f"(with transformers' lazy imports); {result['load_and_answer_again_s']} s again."),
         "",
         ("Reproduce: `python -m tokencomp.training.model_card --model models/tokencomp-tiny-llava "
         f"--questions {result['questions']}` (writes this card and `eval.json`)."),

@@ -8,12 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tokencomp.serving.hf_reference import answer
 from tokencomp.serving.spec import Spec
-from tokencomp.training import scenes
+from tokencomp.training import components, scenes
 from tokencomp.training.recipes import tiny_llava
+from tokencomp.training.tokenizer import build_tokenizer
 
 CLI = [sys.executable, "-m", "tokencomp.cli", "train", "tiny-llava"]
 
@@ -71,6 +73,39 @@ def test_curriculum_grows_to_whole_busy_images():
         kept = set(tiny_llava._kept_patches(scene, 0.0, rng).tolist())
         assert kept == set(np.flatnonzero((labels["colour"] > 0) | (labels["letter"] > 0)).tolist())
         assert len(tiny_llava._kept_patches(scene, 1.0, rng)) == scenes.GRID * scenes.GRID
+
+
+@torch.no_grad()
+def test_packed_turns_see_only_the_image_and_their_own_question():
+    """Every turn of a packed training sequence gets exactly the logits of that question asked alone after the
+    image (a plain causal forward, as at inference): no turn reads another turn's answer."""
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    model = components.build_model(len(tokenizer), image_token_id=image_id, pad_id=tokenizer.pad_token_id,
+                                   bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id).eval()
+    questions = scenes.make_scene("val", 3).questions
+    feats = torch.randn(7, model.config.vision_config.hidden_size)
+    rows = [components.qa_sequence(tokenizer, qs, 7, np.random.default_rng(0)) for qs in (questions, questions[:1])]
+    ids, labels, mask, positions, owners = components.pad_batch(rows, tokenizer.pad_token_id)
+    _, ok = components.lm_loss(model, ids, labels, mask, positions, torch.cat([feats, feats]))
+    embed, project = model.get_input_embeddings(), model.model.multi_modal_projector
+    inputs = embed(ids.masked_fill(ids == image_id, 0)).masked_scatter((ids == image_id)[..., None],
+                                                                      project(torch.cat([feats, feats])))
+    packed = model.lm_head(model.model.language_model(inputs_embeds=inputs, attention_mask=mask,
+                                                      position_ids=positions).last_hidden_state)
+    for q, question in enumerate(questions):
+        text = tokenizer("USER: " + question["question"] + " ASSISTANT: " + question["answer"],
+                         add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        alone = torch.tensor([text[:2] + [image_id] * 7 + text[2:]])
+        x = embed(alone.masked_fill(alone == image_id, 0)).masked_scatter((alone == image_id)[..., None], project(feats))
+        logits = model.lm_head(model.model.language_model(inputs_embeds=x).last_hidden_state)[0]
+        answer_at = torch.nonzero(owners[0] == q).flatten() - 1  # positions that predict the answer tokens
+        n = len(answer_at)
+        torch.testing.assert_close(packed[0, answer_at], logits[-n - 1:-1], atol=1e-5, rtol=1e-4)
+        assert ok[0, answer_at].tolist() == (logits[-n - 1:-1].argmax(-1) == alone[0, -n:]).tolist()
+    single = len(rows[1][0])
+    assert torch.equal(positions[1, :single], torch.arange(single)), "one question: plain positions"
 
 
 @pytest.mark.parametrize("args, message", [(["--llm-scale", "0"], "--llm-scale must be > 0"),

@@ -111,54 +111,73 @@ class PatchHeads(torch.nn.Module):
 
 
 def qa_sequence(tokenizer, questions: list[dict], n_image_tokens: int, rng: np.random.Generator
-                ) -> tuple[list[int], list[int], list[int]]:
-    """(input ids, labels, owners) for one image and all its questions as chat turns in random order; the
-    image's placeholder is expanded to n_image_tokens ids; only answers (and their </s>) are trained on, and
-    owners[t] is the index in `questions` whose answer token t is (-1 elsewhere)."""
+                ) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(input ids, labels, owners, turns) for one image and all its questions, packed: a shared prefix
+    "USER: <image>*n" then, in random order, each question's " ... ASSISTANT: answer </s>" as if it were the
+    only one. turns[t] is 0 on the prefix and i + 1 on the tokens of question i: `pad_batch` lets a turn see
+    only the prefix and itself, so no turn reads another's answer (trained on one sequence, the LLM would
+    otherwise learn to answer from earlier answers instead of the image) and every turn matches a single-
+    question prompt at inference. Only answers (and their </s>) are trained on; owners[t] is the index of the
+    question whose answer token t is (-1 elsewhere)."""
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     eos = tokenizer.eos_token_id
-    ids, labels, owners = [], [], []
-    for turn, i in enumerate(rng.permutation(len(questions))):
-        q = questions[i]
-        prompt = tokenizer(("USER: " if turn == 0 else " USER: ") + q["question"] + " ASSISTANT:",
-                           add_special_tokens=False).input_ids
-        if turn == 0:
-            prompt = prompt[:2] + [image_id] * n_image_tokens + prompt[2:]
+    ids, labels, owners, turns = [], [], [], []
+    for i in rng.permutation(len(questions)):
+        q = questions[int(i)]
+        prompt = tokenizer("USER: " + q["question"] + " ASSISTANT:", add_special_tokens=False).input_ids
+        if not ids:
+            prefix = prompt[:2] + [image_id] * n_image_tokens
+            ids, labels, owners, turns = prefix, [IGNORE] * len(prefix), [-1] * len(prefix), [0] * len(prefix)
         answer = tokenizer(q["answer"], add_special_tokens=False).input_ids + [eos]
-        ids += prompt + answer
-        labels += [IGNORE] * len(prompt) + answer
-        owners += [-1] * len(prompt) + [int(i)] * len(answer)
-    return ids, labels, owners
+        ids += prompt[2:] + answer
+        labels += [IGNORE] * (len(prompt) - 2) + answer
+        owners += [-1] * (len(prompt) - 2) + [int(i)] * len(answer)
+        turns += [int(i) + 1] * (len(prompt) - 2 + len(answer))
+    return ids, labels, owners, turns
 
 
 def lm_loss(model: LlavaForConditionalGeneration, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-            feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token loss on answer tokens. ids/labels/mask [B, L]; feats [M, Dv]: the features of every image id
-    in `ids`, row-major (a row may hold any number of image ids). Returns (loss, right [B, L - 1]: the token at
-    each position after the first predicted right)."""
+            positions: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token loss on answer tokens. ids/labels/positions [B, L] and mask [B, 1, L, L] from `pad_batch`;
+    feats [M, Dv]: the features of every image id in `ids`, row-major (a row may hold any number of image
+    ids). Returns (loss, right [B, L - 1]: the token at each position after the first predicted right)."""
     embed = model.get_input_embeddings()
     is_image = ids == model.config.image_token_index
     inputs = embed(ids.masked_fill(is_image, 0))
     inputs = inputs.masked_scatter(is_image[..., None], model.model.multi_modal_projector(feats).to(inputs.dtype))
-    hidden = model.model.language_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+    hidden = model.model.language_model(inputs_embeds=inputs, attention_mask=mask.to(inputs.dtype),
+                                        position_ids=positions).last_hidden_state
     logits = model.lm_head(hidden[:, :-1])
     target = labels[:, 1:]
     loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
     return loss, logits.argmax(-1) == target
 
 
-def pad_batch(rows: list[tuple[list[int], list[int], list[int]]], pad_id: int
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, labels, mask, owners) [B, L] from qa_sequence rows, padded on the right."""
-    width = max(len(ids) for ids, _, _ in rows)
+def pad_batch(rows: list[tuple[list[int], list[int], list[int], list[int]]], pad_id: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, labels, mask, positions, owners) from qa_sequence rows, padded on the right. mask [B, 1, L, L] is
+    additive (0 or the dtype's minimum): a token sees the earlier tokens of the prefix and of its own turn;
+    positions restart after the prefix for every turn. A padding token sees only itself."""
+    width = max(len(r[0]) for r in rows)
     ids = torch.full((len(rows), width), pad_id)
     labels = torch.full((len(rows), width), IGNORE)
     owners = torch.full((len(rows), width), -1)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (i, lab, own) in enumerate(rows):
-        n = len(i)
-        ids[r, :n], labels[r, :n], owners[r, :n], mask[r, :n] = torch.tensor(i), torch.tensor(lab), torch.tensor(own), 1
-    return ids, labels, mask, owners
+    turns = torch.full((len(rows), width), -1)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (i, lab, own, turn) in enumerate(rows):
+        n, t = len(i), torch.tensor(turn)
+        ids[r, :n], labels[r, :n], owners[r, :n], turns[r, :n] = torch.tensor(i), torch.tensor(lab), torch.tensor(own), t
+        prefix = int((t == 0).sum())
+        positions[r, :n] = torch.arange(n)
+        for k in t.unique():
+            if k > 0:
+                where = torch.nonzero(t == k).flatten()
+                positions[r, where] = prefix + torch.arange(len(where))
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = (turns[:, :, None] == turns[:, None, :]) | (turns[:, None, :] == 0)
+    allowed = (causal & same & (turns[:, None, :] >= 0)) | torch.eye(width, dtype=torch.bool)
+    mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    return ids, labels, mask[:, None], positions, owners
 
 
 def adamw(params, lr: float) -> torch.optim.Optimizer:

@@ -172,10 +172,10 @@ class Phase:
 # to the named one pays off at once; each phase widens what the previous one learned. The last phase shows
 # every patch, as at test time.
 CURRICULUM = (
-    Phase("one object", 1, 4, 0.0, 300),
-    Phase("two objects", 2, 4, 0.0, 600),
-    Phase("three objects", 3, 4, 0.0, 600),
-    Phase("any scene", scenes.MAX_OBJECTS, 8, 0.0, 1500),
+    Phase("one object", 1, 4, 0.0, 600),
+    Phase("two objects", 2, 4, 0.0, 1200),
+    Phase("three objects", 3, 4, 0.0, 1200),
+    Phase("any scene", scenes.MAX_OBJECTS, 8, 0.0, 2000),
     Phase("dense", scenes.MAX_OBJECTS, 24, 0.25, 1500),
     Phase("whole image", scenes.MAX_OBJECTS, 24, 1.0, 600),
 )
@@ -197,7 +197,7 @@ def _kept_patches(scene: scenes.Scene, keep_background: float, rng: np.random.Ge
 
 def _train_batches(tokenizer, pool: np.ndarray, config: Config, phase: Phase, steps: int,
                    rng: np.random.Generator) -> Iterator[tuple]:
-    """`steps` batches of (scene indices, kept patches per scene, ids, labels, mask), drawn from `pool` without
+    """`steps` batches of (scene indices, kept patches per scene, ids, labels, mask, positions), drawn from `pool` without
     replacement until it runs out (then from a fresh permutation)."""
     order = np.concatenate([rng.permutation(pool) for _ in range(math.ceil(steps * config.llm_batch / len(pool)))])
     for step in range(steps):
@@ -207,13 +207,13 @@ def _train_batches(tokenizer, pool: np.ndarray, config: Config, phase: Phase, st
             questions = scenes.training_questions(graph, random.Random(int(rng.integers(2**31))), phase.questions)
             kept = _kept_patches(graph, phase.keep_background, rng)
             rows.append((int(i), kept, components.qa_sequence(tokenizer, questions, len(kept), rng)))
-        ids, labels, mask, _ = components.pad_batch([r[2] for r in rows], tokenizer.pad_token_id)
-        yield [r[0] for r in rows], [r[1] for r in rows], ids, labels, mask
+        ids, labels, mask, positions, _ = components.pad_batch([r[2] for r in rows], tokenizer.pad_token_id)
+        yield [r[0] for r in rows], [r[1] for r in rows], ids, labels, mask, positions
 
 
 def _val_batches(tokenizer, count: int, batch: int) -> list:
-    """Batches of (scene indices, ids, labels, mask, owners): every evaluation-style question of a validation
-    scene, as turns over the whole image."""
+    """Batches of (scene indices, ids, labels, mask, positions, owners): every evaluation-style question of a
+    validation scene, as separate turns over the whole image."""
     out, rng = [], np.random.default_rng(0)
     for start in range(0, count, batch):
         chunk = range(start, min(count, start + batch))
@@ -227,9 +227,9 @@ def validate(model, tokenizer, feats: torch.Tensor, config: Config) -> dict[str,
     """Teacher-forced answer accuracy on the validation scenes, per question family and overall."""
     model.eval()
     right: dict[str, list[bool]] = {}
-    for idx, ids, labels, mask, owners in _val_batches(tokenizer, len(feats), config.llm_batch):
+    for idx, ids, labels, mask, positions, owners in _val_batches(tokenizer, len(feats), config.llm_batch):
         rows = feats[torch.as_tensor(list(idx))].flatten(0, 1)
-        _, ok = components.lm_loss(model, *_to(config.device, ids, labels, mask, rows.float()))
+        _, ok = components.lm_loss(model, *_to(config.device, ids, labels, mask, positions, rows.float()))
         ok, owners = ok.cpu(), owners[:, 1:]
         for row, i in enumerate(idx):
             for q, question in enumerate(scenes.make_scene("val", int(i)).questions):
@@ -262,12 +262,12 @@ def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Pat
         pool = np.flatnonzero(objects <= phase.max_objects)
         batches = _train_batches(tokenizer, pool, config, phase, steps[index], rng)
         bar = tqdm(batches, total=steps[index], desc=f"llm {index + 1}/{len(CURRICULUM)} {phase.name}")
-        for step, (idx, kept, ids, labels, mask) in enumerate(bar, start=sum(steps[:index])):
+        for step, (idx, kept, ids, labels, mask, positions) in enumerate(bar, start=sum(steps[:index])):
             lr = config.llm_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / sum(steps)))
             for group in opt.param_groups:
                 group["lr"] = lr
             rows = torch.cat([train_feats[i][torch.from_numpy(k)] for i, k in zip(idx, kept)]).float()
-            loss, _ = components.lm_loss(model, *_to(config.device, ids, labels, mask, rows))
+            loss, _ = components.lm_loss(model, *_to(config.device, ids, labels, mask, positions, rows))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

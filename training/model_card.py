@@ -98,6 +98,19 @@ def training_minutes(log: list[dict]) -> float:
     return sum(r.get("seconds", 0) for r in log if r["stage"] != "done") / 60
 
 
+# Why a family is likely to stay weak, for the card (the generator's question families, scenes.FAMILIES).
+_WEAK_REASONS = {
+    "colour": "the LLM must find the one object of the named shape among up to eight and read its colour.",
+    "shape": "the LLM must find the one object of the named colour among up to eight and read its shape.",
+    "count": "counting needs attention spread evenly over every object centre of the named shape.",
+    "exist": "the question names an object by colour *and* shape; single-attribute matches must not count.",
+    "spatial": ("two objects, each named by colour and shape, must both be found and their positions compared, "
+                "all before one answer token."),
+    "size": "two objects, each named by colour and shape, must both be found and their sizes compared.",
+    "text": "reading needs the letters, which the tower recognises on only {letters} of letter patches (last tower step).",
+}
+
+
 def card(result: dict, log: list[dict], command: str) -> str:
     tower = [r for r in log if r["stage"] == "tower"][-1:]
     llm = [r for r in log if r["stage"] == "llm"]
@@ -122,7 +135,7 @@ def card(result: dict, log: list[dict], command: str) -> str:
         ("- Tower pre-training (dense labels from the generator: per-patch colour / shape / size / letter / letter "
          "slot / object centre, per-object attributes and position, scene content on CLS), last logged step: "
          f"{json.dumps(tower[0]) if tower else 'n/a'}"),
-        "- LLM curriculum (phase: steps, validation answer accuracy on whole images, teacher-forced): "
+        "- LLM curriculum (phase: steps, validation answer accuracy on whole images, teacher-forced, each question alone): "
         + "; ".join(f"{r['phase']}: {r['steps']}, {pct(r['val']['overall'])} %" for r in llm),
         "",
         f"## Test accuracy ({result['questions']} questions from {result['scenes']} test scenes, greedy, 576 tokens)",
@@ -137,13 +150,8 @@ def card(result: dict, log: list[dict], command: str) -> str:
     weak = [f for f in scenes.FAMILIES if f in result["chance"] and result["accuracy"][f] <= result["chance"][f] + 0.05]
     if weak:
         letters = f"{100 * tower[0]['letter']:.0f} %" if tower and "letter" in tower[0] else "n/a"
-        lines += [
-            "",
-            (f"At or near their best-constant answer: **{', '.join(weak)}**. Existence, spatial and size questions all "
-             "name an object by colour *and* shape; the LLM has learned single-attribute look-ups (colour, shape, "
-             "count) but not this conjunction, the likeliest reason. Reading the sign needs letters the tower "
-             f"recognises on only {letters} of letter patches (last tower step)."),
-        ]
+        lines += ["", f"At or near their best-constant answer: **{', '.join(weak)}**. Likeliest reasons:"]
+        lines += [f"- {f}: {_WEAK_REASONS[f].format(letters=letters)}" for f in weak]
     lines += [
         "",
         (f"Fixed 200-question sample (the first 200 test questions; `tests/test_shipped_model.py` re-scores it): "

@@ -197,8 +197,8 @@ def _kept_patches(scene: scenes.Scene, keep_background: float, rng: np.random.Ge
 
 def _train_batches(tokenizer, pool: np.ndarray, config: Config, phase: Phase, steps: int,
                    rng: np.random.Generator) -> Iterator[tuple]:
-    """`steps` batches of (scene indices, kept patches per scene, ids, labels, mask, positions), drawn from `pool` without
-    replacement until it runs out (then from a fresh permutation)."""
+    """`steps` batches of (scene indices, kept patches per scene, ids, labels, mask, positions), drawn from
+    `pool` without replacement until it runs out (then from a fresh permutation)."""
     order = np.concatenate([rng.permutation(pool) for _ in range(math.ceil(steps * config.llm_batch / len(pool)))])
     for step in range(steps):
         rows = []
@@ -255,6 +255,7 @@ def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Pat
         opt.load_state_dict(state["optimizer"])
         start_phase = state["phase"]
     steps = phase_steps(config)
+    total = sum(steps)
     objects = np.array([len(scenes.make_scene("train", i).objects) for i in range(config.train_scenes)])
     for index in range(start_phase, len(CURRICULUM)):
         phase, start_time = CURRICULUM[index], time.time()
@@ -263,7 +264,7 @@ def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Pat
         batches = _train_batches(tokenizer, pool, config, phase, steps[index], rng)
         bar = tqdm(batches, total=steps[index], desc=f"llm {index + 1}/{len(CURRICULUM)} {phase.name}")
         for step, (idx, kept, ids, labels, mask, positions) in enumerate(bar, start=sum(steps[:index])):
-            lr = config.llm_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / sum(steps)))
+            lr = config.llm_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
             for group in opt.param_groups:
                 group["lr"] = lr
             rows = torch.cat([train_feats[i][torch.from_numpy(k)] for i, k in zip(idx, kept)]).float()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -75,6 +76,26 @@ def test_curriculum_grows_to_whole_busy_images():
         assert len(tiny_llava._kept_patches(scene, 1.0, rng)) == scenes.GRID * scenes.GRID
 
 
+def test_each_stage_warms_up_and_decays_on_its_own_schedule():
+    config = tiny_llava.Config(llm_lr=1e-3)
+    steps = tiny_llava.phase_steps(config)
+    stages = [p.stage for p in tiny_llava.CURRICULUM]
+    main = [i for i, s in enumerate(stages) if s == "main"]
+    compare = [i for i, s in enumerate(stages) if s == "compare"]
+    assert main == list(range(len(main))) and compare and tiny_llava.CURRICULUM[compare[0]].probe
+    total = sum(steps[i] for i in main)
+    # the main stage is one cosine across its phases: step 10 of phase 1 is global step steps[0] + 10
+    at = steps[0] + 10
+    assert tiny_llava.learning_rate(config, 1, 10) == pytest.approx(
+        1e-3 * min(1, (at + 1) / 100) * 0.5 * (1 + math.cos(math.pi * at / total)))
+    assert tiny_llava.learning_rate(config, 0, 0) == pytest.approx(1e-5)
+    assert tiny_llava.learning_rate(config, main[-1], steps[main[-1]] - 1) < 1e-6
+    # the compare stage restarts: warm-up again, peak at half the rate, back to zero at its end
+    assert tiny_llava.learning_rate(config, compare[0], 0) == pytest.approx(0.5e-5)
+    assert tiny_llava.learning_rate(config, compare[0], 99) == pytest.approx(0.5e-3, rel=0.01)
+    assert tiny_llava.learning_rate(config, compare[-1], steps[compare[-1]] - 1) < 1e-6
+
+
 @torch.no_grad()
 def test_packed_turns_see_only_the_image_and_their_own_question():
     """Every turn of a packed training sequence gets exactly the logits of that question asked alone after the
@@ -88,7 +109,7 @@ def test_packed_turns_see_only_the_image_and_their_own_question():
     feats = torch.randn(7, model.config.vision_config.hidden_size)
     rows = [components.qa_sequence(tokenizer, qs, 7, np.random.default_rng(0)) for qs in (questions, questions[:1])]
     ids, labels, mask, positions, owners = components.pad_batch(rows, tokenizer.pad_token_id)
-    _, ok = components.lm_loss(model, ids, labels, mask, positions, torch.cat([feats, feats]))
+    _, ok, _ = components.lm_loss(model, ids, labels, mask, positions, torch.cat([feats, feats]))
     embed, project = model.get_input_embeddings(), model.model.multi_modal_projector
     inputs = embed(ids.masked_fill(ids == image_id, 0)).masked_scatter((ids == image_id)[..., None],
                                                                       project(torch.cat([feats, feats])))
@@ -106,6 +127,41 @@ def test_packed_turns_see_only_the_image_and_their_own_question():
         assert ok[0, answer_at].tolist() == (logits[-n - 1:-1].argmax(-1) == alone[0, -n:]).tolist()
     single = len(rows[1][0])
     assert torch.equal(positions[1, :single], torch.arange(single)), "one question: plain positions"
+
+
+def test_mention_targets_mark_each_named_object_at_its_shape_word():
+    """Hand-built scene: a unique red circle and blue square, two green triangles (name not unique)."""
+    tokenizer = build_tokenizer()
+    objs = [scenes.Obj("circle", "red", "small", 30, 40), scenes.Obj("square", "blue", "large", 200, 100),
+            scenes.Obj("triangle", "green", "medium", 100, 300), scenes.Obj("triangle", "green", "small", 300, 300)]
+    graph = scenes.Scene(objects=objs)
+    questions = [{"family": "size", "question": "Is the red circle bigger than the blue square?", "answer": "no"},
+                 {"family": "exist", "question": "Is there a green triangle?", "answer": "yes"},
+                 {"family": "exist", "question": "Is there a red square?", "answer": "no"}]
+    row = components.qa_sequence(tokenizer, questions, 3, np.random.default_rng(0))
+    ids = components.pad_batch([row], tokenizer.pad_token_id)[0]
+    targets = components.mention_targets(tokenizer, ids, [graph])[0]
+    words = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    marked = {(words[t - 1], words[t]): targets[t].tolist() for t in torch.nonzero(targets[:, 0] >= 0).flatten()}
+    assert marked == {("red", "circle"): [0, 30, 40], ("blue", "square"): [2, 200, 100]}
+    assert (targets[targets[:, 0] < 0] == -1).all()
+
+
+def test_mention_probe_reads_the_chosen_layer_and_trains_it():
+    torch.manual_seed(0)
+    probe = components.MentionProbe(8, layer=1)
+    hidden = tuple(torch.randn(2, 5, 8, requires_grad=True) for _ in range(3))
+    targets = torch.full((2, 5, 3), -1)
+    zero, stats = probe.loss(hidden, targets)
+    assert zero.item() == 0.0 and stats == {}
+    targets[1, 3] = torch.tensor([2, 168, 84])
+    loss, stats = probe.loss(hidden, targets)
+    loss.backward()
+    assert hidden[2].grad is None and hidden[0].grad is None
+    assert torch.count_nonzero(hidden[1].grad.abs().sum(-1)) == 1 and hidden[1].grad[1, 3].abs().sum() > 0
+    guess = probe.position(hidden[1][1, 3]).detach()
+    assert stats["mention_position_px"] == pytest.approx(float((guess - torch.tensor([0.5, 0.25])).abs().mean()) * 336,
+                                                         rel=1e-5)
 
 
 @pytest.mark.parametrize("args, message", [(["--llm-scale", "0"], "--llm-scale must be > 0"),

@@ -105,8 +105,9 @@ _WEAK_REASONS = {
     "count": "counting needs attention spread evenly over every object centre of the named shape.",
     "exist": "the question names an object by colour *and* shape; single-attribute matches must not count.",
     "spatial": ("two objects, each named by colour and shape, must both be found and their positions compared, "
-                "all before one answer token."),
-    "size": "two objects, each named by colour and shape, must both be found and their sizes compared.",
+                "all before one answer token; the mention probe's centre error (above) bounds how close they may be."),
+    "size": ("two objects, each named by colour and shape, must both be found and their sizes compared; the "
+             "mention probe's size accuracy (above) is roughly the chance of reading one of them right."),
     "text": "reading needs the letters, which the tower recognises on only {letters} of letter patches (last tower step).",
 }
 
@@ -114,6 +115,7 @@ _WEAK_REASONS = {
 def card(result: dict, log: list[dict], command: str) -> str:
     tower = [r for r in log if r["stage"] == "tower"][-1:]
     llm = [r for r in log if r["stage"] == "llm"]
+    probe = [r for r in log if r["stage"] == "llm step" and "mention_size" in r][-1:]
     families = [f for f in scenes.FAMILIES if f in result["accuracy"]] + ["overall"]
     pct = lambda x: f"{100 * x:.1f}"
     lines = [
@@ -137,6 +139,10 @@ def card(result: dict, log: list[dict], command: str) -> str:
          f"{json.dumps(tower[0]) if tower else 'n/a'}"),
         "- LLM curriculum (phase: steps, validation answer accuracy on whole images, teacher-forced, each question alone): "
         + "; ".join(f"{r['phase']}: {r['steps']}, {pct(r['val']['overall'])} %" for r in llm),
+        ("- Mention probe (training only: at each \"colour shape\" mention, a middle layer of the LLM predicts that "
+         "object's size and centre), last logged step: "
+         + (f"size {pct(probe[0]['mention_size'])} %, centre off by {probe[0]['mention_position_px']:.1f} px"
+            if probe else "n/a")),
         "",
         f"## Test accuracy ({result['questions']} questions from {result['scenes']} test scenes, greedy, 576 tokens)",
         "",

@@ -153,7 +153,8 @@ def _a(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
-def _unique(objects: list[Obj], key) -> list[Obj]:
+def unique(objects: list[Obj], key) -> list[Obj]:
+    """The objects whose key (e.g. name, shape) no other object of the list shares."""
     counts: dict = {}
     for o in objects:
         counts[key(o)] = counts.get(key(o), 0) + 1
@@ -167,11 +168,11 @@ def make_questions(scene: Scene, rng: random.Random) -> list[dict]:
     def add(family: str, question: str, answer: str, **extra) -> None:
         qs.append({"family": family, "question": question, "answer": answer, **extra})
 
-    by_shape = _unique(objs, lambda o: o.shape)
+    by_shape = unique(objs, lambda o: o.shape)
     if by_shape:
         o = rng.choice(by_shape)
         add("colour", f"What colour is the {o.shape}?", o.colour)
-    by_colour = _unique(objs, lambda o: o.colour)
+    by_colour = unique(objs, lambda o: o.colour)
     if by_colour:
         o = rng.choice(by_colour)
         add("shape", f"What shape is the {o.colour} object?", o.shape)
@@ -184,7 +185,7 @@ def make_questions(scene: Scene, rng: random.Random) -> list[dict]:
     negative = _negative(present, objs, kind, rng)
     if negative:
         add("exist", f"Is there {_a(negative[0])} {negative[1]}?", "no", pope=kind)
-    named = _unique(objs, lambda o: o.name)
+    named = unique(objs, lambda o: o.name)
     if len(named) >= 2:
         a, b = rng.sample(named, 2)
         if rng.random() < 0.5 and abs(a.x - b.x) > 24:
@@ -205,9 +206,9 @@ def training_questions(scene: Scene, rng: random.Random, limit: int = 24) -> lis
     until `limit`, so a long sequence of turns keeps the rare families (size, text) in it."""
     objs = scene.objects
     pool: dict[str, list[tuple[str, str]]] = {f: [] for f in FAMILIES}
-    for o in _unique(objs, lambda o: o.shape):
+    for o in unique(objs, lambda o: o.shape):
         pool["colour"].append((f"What colour is the {o.shape}?", o.colour))
-    for o in _unique(objs, lambda o: o.colour):
+    for o in unique(objs, lambda o: o.colour):
         pool["shape"].append((f"What shape is the {o.colour} object?", o.shape))
     for shape in SHAPES:
         pool["count"].append((f"How many {shape}s are there?", NUMBERS[sum(o.shape == shape for o in objs)]))
@@ -215,7 +216,7 @@ def training_questions(scene: Scene, rng: random.Random, limit: int = 24) -> lis
     negatives = {_negative(present, objs, rng.choice(POPE_SPLITS), rng) for _ in present} - {None}
     pool["exist"] = [(f"Is there {_a(c)} {s}?", "yes") for c, s in sorted(present)]
     pool["exist"] += [(f"Is there {_a(c)} {s}?", "no") for c, s in sorted(negatives)]
-    named = _unique(objs, lambda o: o.name)
+    named = unique(objs, lambda o: o.name)
     for a in named:
         for b in named:
             if a is b:

@@ -4,7 +4,9 @@
 2. cache: the tower is frozen and its feature-layer output is computed once for every training scene;
 3. llm: projector + LLaMA learn all of a scene's questions as chat turns over the cached features (the tower's
    forward and backward would otherwise be most of the cost) through a curriculum from one-object scenes to
-   whole images, validated after every phase.
+   whole images, validated after every phase; then a "compare" stage where a training-only probe makes every
+   object mention in a question fetch that object's size and place halfway up the LLM (what comparing two
+   objects needs).
 The result is saved in the llava-hf layout with its tokenizer and processor.
 
     tokencomp train tiny-llava --out runs/tiny-llava [--smoke] [--optimizer adamw]
@@ -157,13 +159,17 @@ def cache_features(model, processor, split: str, count: int, out: Path) -> torch
 @dataclass(frozen=True)
 class Phase:
     """One phase of the LLM curriculum: scenes with at most `max_objects` objects, `questions` turns per
-    sequence, and the image showing its object and letter patches plus a `keep_background` share of the rest."""
+    sequence, and the image showing its object and letter patches plus a `keep_background` share of the rest.
+    Phases of the same `stage` share one warm-up + cosine learning-rate schedule; `probe` turns on the mention
+    probe's deep supervision."""
 
     name: str
     max_objects: int
     questions: int
     keep_background: float
     steps: int  # at llm_scale 1
+    stage: str = "main"
+    probe: bool = False
 
 
 # A randomly initialised LLM does not find the look-up "the patches the question names -> their attribute" in
@@ -178,11 +184,28 @@ CURRICULUM = (
     Phase("any scene", scenes.MAX_OBJECTS, 8, 0.0, 2000),
     Phase("dense", scenes.MAX_OBJECTS, 24, 0.25, 1500),
     Phase("whole image", scenes.MAX_OBJECTS, 24, 1.0, 600),
+    # Spatial and size questions compare two objects; trained on answers alone the LLM stays at their answer
+    # priors. A second stage (its own schedule, at half the peak rate, so what the first learned stays) adds
+    # the mention probe. In our trials a probe on from the first step got the comparisons going but left
+    # colour, shape and existence far below the plain curriculum's.
+    Phase("compare, dense", scenes.MAX_OBJECTS, 24, 0.25, 1200, stage="compare", probe=True),
+    Phase("compare, whole image", scenes.MAX_OBJECTS, 24, 1.0, 500, stage="compare", probe=True),
 )
+_STAGE_LR = {"main": 1.0, "compare": 0.5}  # peak learning rate of each stage, x --llm-lr
 
 
 def phase_steps(config: Config) -> list[int]:
     return [max(1, round(phase.steps * config.llm_scale)) for phase in CURRICULUM]
+
+
+def learning_rate(config: Config, index: int, step: int) -> float:
+    """Learning rate at `step` of CURRICULUM[index]: 100 warm-up steps, then a cosine to zero over the phases
+    of its stage, peaking at the stage's share of --llm-lr."""
+    steps, stage = phase_steps(config), CURRICULUM[index].stage
+    in_stage = [i for i, p in enumerate(CURRICULUM) if p.stage == stage]
+    at = sum(steps[i] for i in in_stage if i < index) + step
+    total = sum(steps[i] for i in in_stage)
+    return config.llm_lr * _STAGE_LR[stage] * min(1.0, (at + 1) / 100) * 0.5 * (1 + math.cos(math.pi * at / total))
 
 
 def _kept_patches(scene: scenes.Scene, keep_background: float, rng: np.random.Generator) -> np.ndarray:
@@ -197,18 +220,19 @@ def _kept_patches(scene: scenes.Scene, keep_background: float, rng: np.random.Ge
 
 def _train_batches(tokenizer, pool: np.ndarray, config: Config, phase: Phase, steps: int,
                    rng: np.random.Generator) -> Iterator[tuple]:
-    """`steps` batches of (scene indices, kept patches per scene, ids, labels, mask, positions), drawn from
-    `pool` without replacement until it runs out (then from a fresh permutation)."""
+    """`steps` batches of (scene indices, kept patches per scene, ids, labels, mask, positions, mention
+    targets), drawn from `pool` without replacement until it runs out (then from a fresh permutation)."""
     order = np.concatenate([rng.permutation(pool) for _ in range(math.ceil(steps * config.llm_batch / len(pool)))])
     for step in range(steps):
-        rows = []
+        rows, graphs = [], []
         for i in order[step * config.llm_batch:(step + 1) * config.llm_batch]:
-            graph = scenes.make_scene("train", int(i))
-            questions = scenes.training_questions(graph, random.Random(int(rng.integers(2**31))), phase.questions)
-            kept = _kept_patches(graph, phase.keep_background, rng)
+            graphs.append(scenes.make_scene("train", int(i)))
+            questions = scenes.training_questions(graphs[-1], random.Random(int(rng.integers(2**31))), phase.questions)
+            kept = _kept_patches(graphs[-1], phase.keep_background, rng)
             rows.append((int(i), kept, components.qa_sequence(tokenizer, questions, len(kept), rng)))
         ids, labels, mask, positions, _ = components.pad_batch([r[2] for r in rows], tokenizer.pad_token_id)
-        yield [r[0] for r in rows], [r[1] for r in rows], ids, labels, mask, positions
+        mentions = components.mention_targets(tokenizer, ids, graphs)
+        yield [r[0] for r in rows], [r[1] for r in rows], ids, labels, mask, positions, mentions
 
 
 def _val_batches(tokenizer, count: int, batch: int) -> list:
@@ -229,7 +253,7 @@ def validate(model, tokenizer, feats: torch.Tensor, config: Config) -> dict[str,
     right: dict[str, list[bool]] = {}
     for idx, ids, labels, mask, positions, owners in _val_batches(tokenizer, len(feats), config.llm_batch):
         rows = feats[torch.as_tensor(list(idx))].flatten(0, 1)
-        _, ok = components.lm_loss(model, *_to(config.device, ids, labels, mask, positions, rows.float()))
+        _, ok, _ = components.lm_loss(model, *_to(config.device, ids, labels, mask, positions, rows.float()))
         ok, owners = ok.cpu(), owners[:, 1:]
         for row, i in enumerate(idx):
             for q, question in enumerate(scenes.make_scene("val", int(i)).questions):
@@ -244,42 +268,54 @@ def _to(device: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Path) -> None:
-    """Projector + LLM on cached features through the CURRICULUM, resumable per phase."""
+    """Projector + LLM on cached features through the CURRICULUM (with the mention probe's deep supervision),
+    resumable per phase."""
+    with torch.random.fork_rng(devices=[]):  # the same probe whichever stage files a run resumed from
+        torch.manual_seed(config.seed)
+        probe = components.MentionProbe(model.config.text_config.hidden_size).to(config.device)
     params = [*model.model.multi_modal_projector.parameters(), *model.model.language_model.parameters(),
               *model.lm_head.parameters()]
     opt = components.make_optimizer(config.optimizer, params, config.llm_lr)
+    probe_opt = components.make_optimizer(config.optimizer, probe.parameters(), config.llm_lr)
     state_path, start_phase = out / "llm.pt", 0
     if state_path.exists():
         state = torch.load(state_path, weights_only=False, map_location=config.device)
         model.load_state_dict(state["model"])
+        probe.load_state_dict(state["probe"])
+        probe_opt.load_state_dict(state["probe_optimizer"])
         opt.load_state_dict(state["optimizer"])
         start_phase = state["phase"]
     steps = phase_steps(config)
-    total = sum(steps)
     objects = np.array([len(scenes.make_scene("train", i).objects) for i in range(config.train_scenes)])
     for index in range(start_phase, len(CURRICULUM)):
         phase, start_time = CURRICULUM[index], time.time()
         rng = np.random.default_rng(config.seed + index)
         pool = np.flatnonzero(objects <= phase.max_objects)
+        before = sum(steps[i] for i, p in enumerate(CURRICULUM[:index]) if p.stage == phase.stage)
         batches = _train_batches(tokenizer, pool, config, phase, steps[index], rng)
         bar = tqdm(batches, total=steps[index], desc=f"llm {index + 1}/{len(CURRICULUM)} {phase.name}")
-        for step, (idx, kept, ids, labels, mask, positions) in enumerate(bar, start=sum(steps[:index])):
-            lr = config.llm_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
-            for group in opt.param_groups:
-                group["lr"] = lr
+        for step, (idx, kept, ids, labels, mask, positions, mentions) in enumerate(bar):
+            for group in [*opt.param_groups, *probe_opt.param_groups]:
+                group["lr"] = learning_rate(config, index, step)
             rows = torch.cat([train_feats[i][torch.from_numpy(k)] for i, k in zip(idx, kept)]).float()
-            loss, _ = components.lm_loss(model, *_to(config.device, ids, labels, mask, positions, rows))
+            answer_loss, _, hidden = components.lm_loss(model, *_to(config.device, ids, labels, mask, positions, rows))
+            probe_loss, probe_acc = probe.loss(hidden, mentions.to(config.device)) if phase.probe else (0.0, {})
             opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            probe_opt.zero_grad()
+            (answer_loss + probe_loss).backward()
+            torch.nn.utils.clip_grad_norm_([*params, *probe.parameters()], 1.0)
             opt.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if (step + 1) % 100 == 0:
-                _log(out, {"stage": "llm step", "step": step + 1, "loss": round(loss.item(), 4)})
+            if phase.probe:
+                probe_opt.step()
+            bar.set_postfix(loss=f"{answer_loss.item():.3f}", **{k: f"{v:.2f}" for k, v in probe_acc.items()})
+            if (step + 1) % 100 == 0:  # step counted within the stage, as the learning-rate schedule counts it
+                _log(out, {"stage": "llm step", "phase": phase.name, "step": before + step + 1,
+                           "loss": round(answer_loss.item(), 4), **{k: round(v, 4) for k, v in probe_acc.items()}})
         val = validate(model, tokenizer, val_feats, config)
-        _log(out, {"stage": "llm", "phase": phase.name, "steps": steps[index], "loss": round(loss.item(), 4),
+        _log(out, {"stage": "llm", "phase": phase.name, "steps": steps[index], "loss": round(answer_loss.item(), 4),
                    "val": val, "seconds": round(time.time() - start_time)})
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "phase": index + 1}, state_path)
+        torch.save({"model": model.state_dict(), "probe": probe.state_dict(), "optimizer": opt.state_dict(),
+                    "probe_optimizer": probe_opt.state_dict(), "phase": index + 1}, state_path)
 
 
 def run_recipe(config: Config) -> Path:

@@ -105,7 +105,8 @@ _WEAK_REASONS = {
     "count": "counting needs attention spread evenly over every object centre of the named shape.",
     "exist": "the question names an object by colour *and* shape; single-attribute matches must not count.",
     "spatial": ("two objects, each named by colour and shape, must both be found and their positions compared, "
-                "all before one answer token; the mention probe's centre error (above) bounds how close they may be."),
+                "all before one answer token; the LLM's own estimate of each named object's centre is still "
+                "coarse (mention probe, above), and comparing the two has not been learned."),
     "size": ("two objects, each named by colour and shape, must both be found and their sizes compared; the "
              "mention probe's size accuracy (above) is roughly the chance of reading one of them right."),
     "text": "reading needs the letters, which the tower recognises on only {letters} of letter patches (last tower step).",

@@ -126,7 +126,7 @@ def qa_sequence(tokenizer, questions: list[dict], n_image_tokens: int, rng: np.r
         q = questions[int(i)]
         prompt = tokenizer("USER: " + q["question"] + " ASSISTANT:", add_special_tokens=False).input_ids
         if not ids:  # the shared prefix: "USER :" and the image
-            prefix = len(prompt[:2]) + n_image_tokens
+            prefix = 2 + n_image_tokens
             ids, labels, owners = prompt[:2] + [image_id] * n_image_tokens, [IGNORE] * prefix, [-1] * prefix
             turns, positions = [0] * prefix, list(range(prefix))
         answer = tokenizer(q["answer"], add_special_tokens=False).input_ids + [eos]
@@ -190,7 +190,7 @@ class MentionProbe(torch.nn.Module):
 
     def loss(self, hidden_states: tuple[torch.Tensor, ...], targets: torch.Tensor
              ) -> tuple[torch.Tensor, dict[str, float]]:
-        """hidden_states from `lm_loss`, targets [B, L, 3] from `mention_targets` (shifted or not, the same L)."""
+        """hidden_states from `lm_loss`, targets [B, L, 3] from `mention_targets` for the same (unshifted) ids."""
         where = targets[..., 0] >= 0
         if not where.any():
             return hidden_states[0].new_zeros(()), {}

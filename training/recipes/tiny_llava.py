@@ -198,14 +198,20 @@ def phase_steps(config: Config) -> list[int]:
     return [max(1, round(phase.steps * config.llm_scale)) for phase in CURRICULUM]
 
 
+def stage_steps(config: Config, index: int) -> tuple[int, int]:
+    """(steps of CURRICULUM[index]'s stage before that phase, steps of the whole stage)."""
+    steps, stage = phase_steps(config), CURRICULUM[index].stage
+    in_stage = [i for i, p in enumerate(CURRICULUM) if p.stage == stage]
+    return sum(steps[i] for i in in_stage if i < index), sum(steps[i] for i in in_stage)
+
+
 def learning_rate(config: Config, index: int, step: int) -> float:
     """Learning rate at `step` of CURRICULUM[index]: 100 warm-up steps, then a cosine to zero over the phases
     of its stage, peaking at the stage's share of --llm-lr."""
-    steps, stage = phase_steps(config), CURRICULUM[index].stage
-    in_stage = [i for i, p in enumerate(CURRICULUM) if p.stage == stage]
-    at = sum(steps[i] for i in in_stage if i < index) + step
-    total = sum(steps[i] for i in in_stage)
-    return config.llm_lr * _STAGE_LR[stage] * min(1.0, (at + 1) / 100) * 0.5 * (1 + math.cos(math.pi * at / total))
+    before, total = stage_steps(config, index)
+    at = before + step
+    return config.llm_lr * _STAGE_LR[CURRICULUM[index].stage] * min(1.0, (at + 1) / 100) \
+        * 0.5 * (1 + math.cos(math.pi * at / total))
 
 
 def _kept_patches(scene: scenes.Scene, keep_background: float, rng: np.random.Generator) -> np.ndarray:
@@ -221,7 +227,8 @@ def _kept_patches(scene: scenes.Scene, keep_background: float, rng: np.random.Ge
 def _train_batches(tokenizer, pool: np.ndarray, config: Config, phase: Phase, steps: int,
                    rng: np.random.Generator) -> Iterator[tuple]:
     """`steps` batches of (scene indices, kept patches per scene, ids, labels, mask, positions, mention
-    targets), drawn from `pool` without replacement until it runs out (then from a fresh permutation)."""
+    targets or None if the phase has no probe), drawn from `pool` without replacement until it runs out (then
+    from a fresh permutation)."""
     order = np.concatenate([rng.permutation(pool) for _ in range(math.ceil(steps * config.llm_batch / len(pool)))])
     for step in range(steps):
         rows, graphs = [], []
@@ -231,7 +238,7 @@ def _train_batches(tokenizer, pool: np.ndarray, config: Config, phase: Phase, st
             kept = _kept_patches(graphs[-1], phase.keep_background, rng)
             rows.append((int(i), kept, components.qa_sequence(tokenizer, questions, len(kept), rng)))
         ids, labels, mask, positions, _ = components.pad_batch([r[2] for r in rows], tokenizer.pad_token_id)
-        mentions = components.mention_targets(tokenizer, ids, graphs)
+        mentions = components.mention_targets(tokenizer, ids, graphs) if phase.probe else None
         yield [r[0] for r in rows], [r[1] for r in rows], ids, labels, mask, positions, mentions
 
 
@@ -291,7 +298,7 @@ def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Pat
         phase, start_time = CURRICULUM[index], time.time()
         rng = np.random.default_rng(config.seed + index)
         pool = np.flatnonzero(objects <= phase.max_objects)
-        before = sum(steps[i] for i, p in enumerate(CURRICULUM[:index]) if p.stage == phase.stage)
+        before, _ = stage_steps(config, index)
         batches = _train_batches(tokenizer, pool, config, phase, steps[index], rng)
         bar = tqdm(batches, total=steps[index], desc=f"llm {index + 1}/{len(CURRICULUM)} {phase.name}")
         for step, (idx, kept, ids, labels, mask, positions, mentions) in enumerate(bar):

@@ -8,6 +8,7 @@ to the images. With no --data-dir it is generated into a cache folder, determini
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -41,12 +42,15 @@ def load_questions_json(data_dir: Path, limit: int | None) -> list[Sample]:
 def load_synthetic(data_dir: Path | None, limit: int | None) -> list[Sample]:
     """The first `limit` test questions (scene by scene, the order the model card scores)."""
     if data_dir is None:
-        from tokencomp.training.scenes import write_split
+        from tokencomp.training import scenes
 
         n_scenes = max(100, (limit or 1000) // 4)  # scenes carry 4-7 questions each
-        data_dir = Path.home() / ".cache" / "tokencomp" / f"synthetic-test-{n_scenes}"
+        # Keyed by the generator's source: a cached split from an older generator would score a model on
+        # scenes and questions it was never meant for.
+        version = hashlib.sha256(Path(scenes.__file__).read_bytes()).hexdigest()[:12]
+        data_dir = Path.home() / ".cache" / "tokencomp" / f"synthetic-test-{n_scenes}-{version}"
         if not (data_dir / "questions.json").is_file():
-            write_split("test", n_scenes, data_dir)
+            scenes.write_split("test", n_scenes, data_dir)
     return load_questions_json(data_dir, limit)
 
 

@@ -171,3 +171,20 @@ def test_malformed_and_missing_images_are_named(tmp_path):
     _write(tmp_path / "testdev_balanced_questions.json", {"q1": {"imageId": "n9", "question": "?", "answer": "x"}})
     with pytest.raises(FileNotFoundError, match="n9.jpg"):
         tasks.get("gqa").load(tmp_path, None)
+
+
+def test_synthetic_split_is_cached_per_generator_version(tmp_path, monkeypatch):
+    """The default synthetic split is written once under ~/.cache and reused, but a cache written by another
+    version of the generator is never read (it would hold other scenes and questions)."""
+    from tokencomp.training import scenes
+
+    monkeypatch.setattr(Path, "home", lambda: tmp_path)
+    stale = tmp_path / ".cache" / "tokencomp" / "synthetic-test-100"  # the layout before versioning
+    _write(stale / "questions.json", [{"question_id": "x", "image": "a.png", "question": "q", "answers": ["old"]}])
+    samples = tasks.get("synthetic").load(None, 5)
+    expected = [q["question"] for i in range(3) for q in scenes.make_scene("test", i).questions][:5]
+    assert [s.question for s in samples] == expected
+    (written,) = [p for p in (tmp_path / ".cache" / "tokencomp").iterdir() if p != stale]
+    assert written.name.startswith("synthetic-test-100-") and (written / "questions.json").is_file()
+    again = tasks.get("synthetic").load(None, 5)
+    assert [s.question for s in again] == expected

@@ -143,6 +143,35 @@ def test_sign_letters_are_labelled_in_reading_order():
     assert "".join(read) == scene.text
 
 
+def test_sign_letters_fill_one_patch_each():
+    """Each letter's glyph lies inside the one patch labelled with it (letter cells sit on the patch grid),
+    so every glyph renders to the same pixels wherever its sign is."""
+    seen: dict[str, np.ndarray] = {}
+    for index in range(60):
+        scene = scenes.make_scene("train", index)
+        if not scene.text:
+            continue
+        labels, image = scenes.patch_labels(scene), np.asarray(scenes.render(scene))
+        x0, y0, x1, y1 = scene.sign_box
+        ink = image.min(-1) < 100
+        ink[:y0 + 3] = ink[y1 - 3:] = False  # the sign's inside only: no border, no objects
+        ink[:, :x0 + 3] = ink[:, x1 - 3:] = False
+        assert (labels["letter"] > 0).sum() == len(scene.text)
+        for slot, ch in enumerate(scene.text, start=1):
+            (k,) = np.flatnonzero(labels["slot"] == slot)
+            r, c = divmod(int(k), scenes.GRID)
+            cell = np.zeros_like(ink)
+            cell[r * scenes.PATCH:(r + 1) * scenes.PATCH, c * scenes.PATCH:(c + 1) * scenes.PATCH] = True
+            column = np.zeros_like(ink)
+            column[:, x0 + 8 + 14 * (slot - 1):x0 + 22 + 14 * (slot - 1)] = True
+            assert ink[cell].any() and not (ink & column & ~cell).any(), (index, ch)
+            pixels = image[cell].reshape(scenes.PATCH, scenes.PATCH, 3)
+            if ch in seen:
+                assert np.array_equal(seen[ch], pixels), f"letter {ch} renders the same in every sign"
+            seen[ch] = pixels
+    assert len(seen) >= 8
+
+
 def test_scene_labels_list_the_pairs_present_and_the_sign():
     scene = scenes.make_scene("train", 3)
     target = scenes.scene_labels(scene)

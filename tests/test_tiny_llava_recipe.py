@@ -147,21 +147,40 @@ def test_mention_targets_mark_each_named_object_at_its_shape_word():
     assert (targets[targets[:, 0] < 0] == -1).all()
 
 
-def test_mention_probe_reads_the_chosen_layer_and_trains_it():
+def test_letter_targets_mark_the_letter_each_text_answer_position_predicts():
+    tokenizer = build_tokenizer()
+    questions = [{"family": "text", "question": "What does the sign say?", "answer": "xrm"},
+                 {"family": "colour", "question": "What colour is the circle?", "answer": "red"}]
+    row = components.qa_sequence(tokenizer, questions, 3, np.random.default_rng(0))
+    _, labels, _, _, _ = components.pad_batch([row], tokenizer.pad_token_id)
+    targets = components.letter_targets(tokenizer, labels)[0]
+    at = torch.nonzero(targets >= 0).flatten()
+    assert "".join(scenes.LETTERS[i] for i in targets[at]) == "xrm"
+    # position t holds the letter that token t + 1 spells: "x", "##r", "##m"
+    assert tokenizer.convert_ids_to_tokens(labels[0, at + 1].tolist()) == ["x", "##r", "##m"]
+    assert (targets[targets < 0] == -1).all() and len(at) == 3, "the colour answer and </s> are not letters"
+
+
+def test_layer_probe_reads_the_chosen_layer_and_trains_it():
     torch.manual_seed(0)
-    probe = components.MentionProbe(8, layer=1)
+    probe = components.LayerProbe(8, layer=1)
     hidden = tuple(torch.randn(2, 5, 8, requires_grad=True) for _ in range(3))
-    targets = torch.full((2, 5, 3), -1)
-    zero, stats = probe.loss(hidden, targets)
+    mentions, letters = torch.full((2, 5, 3), -1), torch.full((2, 5), -1)
+    zero, stats = probe.loss(hidden, mentions, letters)
     assert zero.item() == 0.0 and stats == {}
-    targets[1, 3] = torch.tensor([2, 168, 84])
-    loss, stats = probe.loss(hidden, targets)
+    mentions[1, 3] = torch.tensor([2, 168, 84])
+    letters[0, 2] = 5
+    loss, stats = probe.loss(hidden, mentions, letters)
     loss.backward()
     assert hidden[2].grad is None and hidden[0].grad is None
-    assert torch.count_nonzero(hidden[1].grad.abs().sum(-1)) == 1 and hidden[1].grad[1, 3].abs().sum() > 0
+    touched = torch.nonzero(hidden[1].grad.abs().sum(-1)).tolist()
+    assert touched == [[0, 2], [1, 3]], "only the mention and the letter position get a gradient"
     guess = probe.position(hidden[1][1, 3]).detach()
     assert stats["mention_position_px"] == pytest.approx(float((guess - torch.tensor([0.5, 0.25])).abs().mean()) * 336,
                                                          rel=1e-5)
+    assert stats["reading"] == float(probe.letter(hidden[1][0, 2]).argmax() == 5)
+    _, only_letters = probe.loss(hidden, None, letters)
+    assert set(only_letters) == {"reading"}, "phases without mention targets still train reading"
 
 
 @pytest.mark.parametrize("args, message", [(["--llm-scale", "0"], "--llm-scale must be > 0"),

@@ -173,33 +173,59 @@ def mention_targets(tokenizer, ids: torch.Tensor, graphs: list[scenes.Scene]) ->
     return out
 
 
-class MentionProbe(torch.nn.Module):
-    """Training-only deep supervision of the LLM (not saved with the model): at each token that ends a mention
-    of an object ("... the red circle ..."), linear read-outs of the hidden state after `layer` layers predict
-    that object's size and centre. Spatial and size questions compare two named objects; trained on answers
-    alone the LLM never finds that circuit (it attends to both names alike and stays at the answer prior), but
-    once every mention has fetched its own object halfway up, the layers above only compare two fixed-offset
-    tokens. (In our trials on two-object scenes both families stayed at their priors without it, rose well
-    above with it at layer 2 of 4, and not at all with it at the last layer.)"""
+def letter_targets(tokenizer, labels: torch.Tensor) -> torch.Tensor:
+    """[B, L] index into scenes.LETTERS of the sign letter that the token after each position spells (a
+    single-letter word piece, "a" or "##a", of a text answer); -1 elsewhere. Aligned like `mention_targets`:
+    position t holds the letter that the logits at t predict."""
+    table = torch.full((len(tokenizer),), -1)
+    for i, c in enumerate(scenes.LETTERS):
+        table[tokenizer.convert_tokens_to_ids(c)] = table[tokenizer.convert_tokens_to_ids(f"##{c}")] = i
+    out = torch.full(labels.shape, -1)
+    nxt = labels[:, 1:]
+    out[:, :-1] = torch.where(nxt >= 0, table[nxt.clamp(min=0)], -1)
+    return out
+
+
+class LayerProbe(torch.nn.Module):
+    """Training-only deep supervision of the LLM (not saved with the model): linear read-outs of the hidden
+    state after `layer` layers.
+
+    - At each token that ends a mention of an object ("... the red circle ..."): that object's size and centre.
+      Spatial and size questions compare two named objects; trained on answers alone the LLM never finds that
+      circuit (it attends to both names alike and stays at the answer prior), but once every mention has
+      fetched its own object halfway up, the layers above only compare two fixed-offset tokens. (In our trials
+      on two-object scenes both families stayed at their priors without it, rose well above with it at layer
+      2 of 4, and not at all with it at the last layer.)
+    - At each token of a sign's text answer: the letter it is to spell next, so reading, too, fetches the
+      letter patch in the middle of the LLM and the layers above only copy it out.
+    """
 
     def __init__(self, width: int, layer: int = 2) -> None:
         super().__init__()
         self.layer = layer
         self.size = torch.nn.Linear(width, len(scenes.SIZES))
         self.position = torch.nn.Linear(width, 2)
+        self.letter = torch.nn.Linear(width, len(scenes.LETTERS))
 
-    def loss(self, hidden_states: tuple[torch.Tensor, ...], targets: torch.Tensor
+    def loss(self, hidden_states: tuple[torch.Tensor, ...], mentions: torch.Tensor | None, letters: torch.Tensor
              ) -> tuple[torch.Tensor, dict[str, float]]:
-        """hidden_states from `lm_loss`, targets [B, L, 3] from `mention_targets` for the same (unshifted) ids."""
-        where = targets[..., 0] >= 0
-        if not where.any():
-            return hidden_states[0].new_zeros(()), {}
-        hidden, target = hidden_states[self.layer][where], targets[where]
-        size = self.size(hidden)
-        guess, centre = self.position(hidden), target[:, 1:].to(hidden.dtype) / scenes.SIZE
-        loss = F.cross_entropy(size, target[:, 0]) + 5 * F.smooth_l1_loss(guess, centre, beta=0.02)
-        return loss, {"mention_size": float((size.argmax(-1) == target[:, 0]).float().mean()),
-                      "mention_position_px": float((guess.detach() - centre).abs().mean()) * scenes.SIZE}
+        """hidden_states from `lm_loss`; mentions [B, L, 3] from `mention_targets` (None: no mention targets)
+        and letters [B, L] from `letter_targets`, for the same ids."""
+        hidden, total, stats = hidden_states[self.layer], hidden_states[0].new_zeros(()), {}
+        where = mentions[..., 0] >= 0 if mentions is not None else None
+        if where is not None and where.any():
+            state, target = hidden[where], mentions[where]
+            size = self.size(state)
+            guess, centre = self.position(state), target[:, 1:].to(state.dtype) / scenes.SIZE
+            total = total + F.cross_entropy(size, target[:, 0]) + 5 * F.smooth_l1_loss(guess, centre, beta=0.02)
+            stats["mention_size"] = float((size.argmax(-1) == target[:, 0]).float().mean())
+            stats["mention_position_px"] = float((guess.detach() - centre).abs().mean()) * scenes.SIZE
+        where = letters >= 0
+        if where.any():
+            logits = self.letter(hidden[where])
+            total = total + F.cross_entropy(logits, letters[where])
+            stats["reading"] = float((logits.argmax(-1) == letters[where]).float().mean())
+        return total, stats
 
 
 def pad_batch(rows: list[tuple[list[int], list[int], list[int], list[int], list[int]]], pad_id: int

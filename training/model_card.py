@@ -106,10 +106,11 @@ _WEAK_REASONS = {
     "exist": "the question names an object by colour *and* shape; single-attribute matches must not count.",
     "spatial": ("two objects, each named by colour and shape, must both be found and their positions compared, "
                 "all before one answer token; the LLM's own estimate of each named object's centre is still "
-                "coarse (mention probe, above), and comparing the two has not been learned."),
+                "coarse (layer probe, above), and comparing the two has not been learned."),
     "size": ("two objects, each named by colour and shape, must both be found and their sizes compared; the "
-             "mention probe's size accuracy (above) is roughly the chance of reading one of them right."),
-    "text": "reading needs the letters, which the tower recognises on only {letters} of letter patches (last tower step).",
+             "layer probe's size accuracy (above) is roughly the chance of reading one of them right."),
+    "text": ("the answer must spell every letter in order; the tower recognises {letters} of letter patches (last "
+             "tower step) and the layer probe reads {reading} of the letters to spell halfway up the LLM."),
 }
 
 
@@ -117,6 +118,7 @@ def card(result: dict, log: list[dict], command: str) -> str:
     tower = [r for r in log if r["stage"] == "tower"][-1:]
     llm = [r for r in log if r["stage"] == "llm"]
     probe = [r for r in log if r["stage"] == "llm step" and "mention_size" in r][-1:]
+    reading = [r for r in log if r["stage"] == "llm step" and "reading" in r][-1:]
     families = [f for f in scenes.FAMILIES if f in result["accuracy"]] + ["overall"]
     pct = lambda x: f"{100 * x:.1f}"
     lines = [
@@ -140,10 +142,12 @@ def card(result: dict, log: list[dict], command: str) -> str:
          f"{json.dumps(tower[0]) if tower else 'n/a'}"),
         "- LLM curriculum (phase: steps, validation answer accuracy on whole images, teacher-forced, each question alone): "
         + "; ".join(f"{r['phase']}: {r['steps']}, {pct(r['val']['overall'])} %" for r in llm),
-        ("- Mention probe (training only: at each \"colour shape\" mention, a middle layer of the LLM predicts that "
-         "object's size and centre), last logged step: "
+        ("- Layer probe (training only: a middle layer of the LLM predicts, at each \"colour shape\" mention, that "
+         "object's size and centre, and at each token of a sign's text answer the letter it spells next), last "
+         "logged step: "
          + (f"size {pct(probe[0]['mention_size'])} %, centre off by {probe[0]['mention_position_px']:.1f} px"
-            if probe else "n/a")),
+            if probe else "n/a")
+         + (f"; letters {pct(reading[0]['reading'])} %" if reading else "")),
         "",
         f"## Test accuracy ({result['questions']} questions from {result['scenes']} test scenes, greedy, 576 tokens)",
         "",
@@ -157,8 +161,9 @@ def card(result: dict, log: list[dict], command: str) -> str:
     weak = [f for f in scenes.FAMILIES if f in result["chance"] and result["accuracy"][f] <= result["chance"][f] + 0.05]
     if weak:
         letters = f"{100 * tower[0]['letter']:.0f} %" if tower and "letter" in tower[0] else "n/a"
+        spelled = f"{100 * reading[0]['reading']:.0f} %" if reading else "n/a"
         lines += ["", f"At or near their best-constant answer: **{', '.join(weak)}**. Likeliest reasons:"]
-        lines += [f"- {f}: {_WEAK_REASONS[f].format(letters=letters)}" for f in weak]
+        lines += [f"- {f}: {_WEAK_REASONS[f].format(letters=letters, reading=spelled)}" for f in weak]
     lines += [
         "",
         (f"Fixed 200-question sample (the first 200 test questions; `tests/test_shipped_model.py` re-scores it): "

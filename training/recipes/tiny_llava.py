@@ -6,7 +6,8 @@
    forward and backward would otherwise be most of the cost) through a curriculum from one-object scenes to
    whole images, validated after every phase; then a "compare" stage where a training-only probe makes every
    object mention in a question fetch that object's size and place halfway up the LLM (what comparing two
-   objects needs).
+   objects needs). The same probe, in every phase, makes each token of a sign's text answer fetch the letter
+   it spells next.
 The result is saved in the llava-hf layout with its tokenizer and processor.
 
     tokencomp train tiny-llava --out runs/tiny-llava [--smoke] [--optimizer adamw]
@@ -160,8 +161,8 @@ def cache_features(model, processor, split: str, count: int, out: Path) -> torch
 class Phase:
     """One phase of the LLM curriculum: scenes with at most `max_objects` objects, `questions` turns per
     sequence, and the image showing its object and letter patches plus a `keep_background` share of the rest.
-    Phases of the same `stage` share one warm-up + cosine learning-rate schedule; `probe` turns on the mention
-    probe's deep supervision."""
+    Phases of the same `stage` share one warm-up + cosine learning-rate schedule; `probe` turns on the layer
+    probe's mention targets (its letter targets are on in every phase)."""
 
     name: str
     max_objects: int
@@ -186,8 +187,8 @@ CURRICULUM = (
     Phase("whole image", scenes.MAX_OBJECTS, 24, 1.0, 600),
     # Spatial and size questions compare two objects; trained on answers alone the LLM stays at their answer
     # priors. A second stage (its own schedule, at half the peak rate, so what the first learned stays) adds
-    # the mention probe. In our trials a probe on from the first step got the comparisons going but left
-    # colour, shape and existence far below the plain curriculum's.
+    # the layer probe's mention targets. In our trials mention targets on from the first step got the
+    # comparisons going but left colour, shape and existence far below the plain curriculum's.
     Phase("compare, dense", scenes.MAX_OBJECTS, 24, 0.25, 1200, stage="compare", probe=True),
     Phase("compare, whole image", scenes.MAX_OBJECTS, 24, 1.0, 500, stage="compare", probe=True),
 )
@@ -239,7 +240,8 @@ def _train_batches(tokenizer, pool: np.ndarray, config: Config, phase: Phase, st
             rows.append((int(i), kept, components.qa_sequence(tokenizer, questions, len(kept), rng)))
         ids, labels, mask, positions, _ = components.pad_batch([r[2] for r in rows], tokenizer.pad_token_id)
         mentions = components.mention_targets(tokenizer, ids, graphs) if phase.probe else None
-        yield [r[0] for r in rows], [r[1] for r in rows], ids, labels, mask, positions, mentions
+        yield ([r[0] for r in rows], [r[1] for r in rows], ids, labels, mask, positions, mentions,
+               components.letter_targets(tokenizer, labels))
 
 
 def _val_batches(tokenizer, count: int, batch: int) -> list:
@@ -275,11 +277,11 @@ def _to(device: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Path) -> None:
-    """Projector + LLM on cached features through the CURRICULUM (with the mention probe's deep supervision),
+    """Projector + LLM on cached features through the CURRICULUM (with the layer probe's deep supervision),
     resumable per phase."""
     with torch.random.fork_rng(devices=[]):  # the same probe whichever stage files a run resumed from
         torch.manual_seed(config.seed)
-        probe = components.MentionProbe(model.config.text_config.hidden_size).to(config.device)
+        probe = components.LayerProbe(model.config.text_config.hidden_size).to(config.device)
     params = [*model.model.multi_modal_projector.parameters(), *model.model.language_model.parameters(),
               *model.lm_head.parameters()]
     opt = components.make_optimizer(config.optimizer, params, config.llm_lr)
@@ -301,19 +303,19 @@ def train_llm(model, tokenizer, train_feats, val_feats, config: Config, out: Pat
         before, _ = stage_steps(config, index)
         batches = _train_batches(tokenizer, pool, config, phase, steps[index], rng)
         bar = tqdm(batches, total=steps[index], desc=f"llm {index + 1}/{len(CURRICULUM)} {phase.name}")
-        for step, (idx, kept, ids, labels, mask, positions, mentions) in enumerate(bar):
+        for step, (idx, kept, ids, labels, mask, positions, mentions, letters) in enumerate(bar):
             for group in [*opt.param_groups, *probe_opt.param_groups]:
                 group["lr"] = learning_rate(config, index, step)
             rows = torch.cat([train_feats[i][torch.from_numpy(k)] for i, k in zip(idx, kept)]).float()
             answer_loss, _, hidden = components.lm_loss(model, *_to(config.device, ids, labels, mask, positions, rows))
-            probe_loss, probe_acc = probe.loss(hidden, mentions.to(config.device)) if phase.probe else (0.0, {})
+            probe_loss, probe_acc = probe.loss(hidden, None if mentions is None else mentions.to(config.device),
+                                               letters.to(config.device))
             opt.zero_grad()
             probe_opt.zero_grad()
             (answer_loss + probe_loss).backward()
             torch.nn.utils.clip_grad_norm_([*params, *probe.parameters()], 1.0)
             opt.step()
-            if phase.probe:
-                probe_opt.step()
+            probe_opt.step()
             bar.set_postfix(loss=f"{answer_loss.item():.3f}", **{k: f"{v:.2f}" for k, v in probe_acc.items()})
             if (step + 1) % 100 == 0:  # step counted within the stage, as the learning-rate schedule counts it
                 _log(out, {"stage": "llm step", "phase": phase.name, "step": before + step + 1,

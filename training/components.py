@@ -212,8 +212,7 @@ class LayerProbe(torch.nn.Module):
         """hidden_states from `lm_loss`; mentions [B, L, 3] from `mention_targets` (None: no mention targets)
         and letters [B, L] from `letter_targets`, for the same ids."""
         hidden, total, stats = hidden_states[self.layer], hidden_states[0].new_zeros(()), {}
-        where = mentions[..., 0] >= 0 if mentions is not None else None
-        if where is not None and where.any():
+        if mentions is not None and (where := mentions[..., 0] >= 0).any():
             state, target = hidden[where], mentions[where]
             size = self.size(state)
             guess, centre = self.position(state), target[:, 1:].to(state.dtype) / scenes.SIZE

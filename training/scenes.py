@@ -63,8 +63,8 @@ def make_scene(split: str, index: int) -> Scene:
     scene = Scene(objects=[], background=tuple(rng.randint(215, 250) for _ in range(3)))
     if rng.random() < 0.35:
         scene.text = "".join(rng.choice(LETTERS) for _ in range(rng.randint(2, 4)))
-        # Letter cells sit on the patch grid (one patch per letter), as a scanned page is read at a resolution
-        # that fits its font: a letter split across two patches is half a glyph in each.
+        # Letter cells sit on the patch grid, one patch per letter (`letter_cells`); a letter split across two
+        # patches would be half a glyph in each.
         w = 14 * len(scene.text) + 16
         x0 = PATCH * rng.randint(2, (SIZE - w) // PATCH) - 8
         y0 = PATCH * rng.randint(2, (SIZE - 40) // PATCH) - 8
@@ -84,6 +84,14 @@ def make_scene(split: str, index: int) -> Scene:
     return scene
 
 
+def letter_cells(scene: Scene) -> list[tuple[int, int]]:
+    """Top-left corner (x, y in pixels) of each sign letter's cell, left to right: one patch of the grid."""
+    if not scene.text:
+        return []
+    x0, y0 = scene.sign_box[:2]
+    return [(x0 + 8 + PATCH * i, y0 + 8) for i in range(len(scene.text))]
+
+
 def render(scene: Scene) -> Image.Image:
     image = Image.new("RGB", (SIZE, SIZE), scene.background)
     draw = ImageDraw.Draw(image)
@@ -96,12 +104,11 @@ def render(scene: Scene) -> Image.Image:
         else:
             draw.polygon([(o.x, o.y - r), (o.x - r, o.y + r), (o.x + r, o.y + r)], fill=fill)
     if scene.text:
-        x0, y0 = scene.sign_box[:2]
         draw.rectangle(scene.sign_box, fill=(255, 255, 255), outline=(0, 0, 0), width=2)
         font = ImageFont.load_default(size=17)
-        for i, ch in enumerate(scene.text.upper()):
-            left, top, right, _ = font.getbbox(ch)  # glyph centred in its letter cell (x0 + 8 + 14 i, y0 + 8)
-            draw.text((x0 + 8 + 14 * i + (PATCH - right - left) // 2, y0 + 8 - top + 1), ch, fill=(0, 0, 0), font=font)
+        for ch, (x, y) in zip(scene.text.upper(), letter_cells(scene)):
+            left, top, right, _ = font.getbbox(ch)  # glyph centred in its cell
+            draw.text((x + (PATCH - right - left) // 2, y - top + 1), ch, fill=(0, 0, 0), font=font)
     return image
 
 
@@ -109,8 +116,7 @@ def patch_labels(scene: Scene) -> dict[str, np.ndarray]:
     """Per-patch targets [576] for tower pre-training, from the scene graph (0 = background / none):
     colour, shape, size and centre (x, y in pixels) of the object covering the patch centre, object id (for
     object-level pooling), centre (1 on the patch holding an object's centre: one per object, what counting
-    needs), and the sign letter whose cell (one patch) holds the patch centre with its slot (1-4, left to right: what
-    reading in order needs)."""
+    needs), and the sign letter on the patch with its slot (1-4, left to right: what reading in order needs)."""
     centres = (np.arange(GRID) * PATCH + PATCH / 2)
     cy, cx = np.meshgrid(centres, centres, indexing="ij")
     names = ("colour", "shape", "size", "object", "x", "y", "centre", "letter", "slot")
@@ -133,12 +139,9 @@ def patch_labels(scene: Scene) -> dict[str, np.ndarray]:
         labels["object"][inside] = i
         labels["x"][inside], labels["y"][inside] = o.x, o.y
         labels["centre"][min(GRID - 1, o.y // PATCH), min(GRID - 1, o.x // PATCH)] = 1
-    if scene.text:
-        x0, y0 = scene.sign_box[:2]
-        for i, ch in enumerate(scene.text):
-            cell = (cx >= x0 + 8 + 14 * i) & (cx < x0 + 22 + 14 * i) & (cy >= y0 + 8) & (cy < y0 + 22)
-            labels["letter"][cell] = LETTERS.index(ch) + 1
-            labels["slot"][cell] = i + 1
+    for slot, (ch, (x, y)) in enumerate(zip(scene.text or "", letter_cells(scene)), start=1):
+        labels["letter"][y // PATCH, x // PATCH] = LETTERS.index(ch) + 1
+        labels["slot"][y // PATCH, x // PATCH] = slot
     return {k: v.reshape(-1) for k, v in labels.items()}
 
 

@@ -228,8 +228,8 @@ def _kept_patches(scene: scenes.Scene, keep_background: float, rng: np.random.Ge
 def _train_batches(tokenizer, pool: np.ndarray, config: Config, phase: Phase, steps: int,
                    rng: np.random.Generator) -> Iterator[tuple]:
     """`steps` batches of (scene indices, kept patches per scene, ids, labels, mask, positions, mention
-    targets or None if the phase has no probe), drawn from `pool` without replacement until it runs out (then
-    from a fresh permutation)."""
+    targets or None if the phase has no probe, letter targets), drawn from `pool` without replacement until it
+    runs out (then from a fresh permutation)."""
     order = np.concatenate([rng.permutation(pool) for _ in range(math.ceil(steps * config.llm_batch / len(pool)))])
     for step in range(steps):
         rows, graphs = [], []

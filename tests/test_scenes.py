@@ -187,3 +187,16 @@ def test_write_split_is_the_eval_layout(tmp_path):
     assert rows and {"question_id", "image", "question", "answers", "family"} <= set(rows[0])
     assert all((tmp_path / r["image"]).is_file() for r in rows)
     assert len({r["question_id"] for r in rows}) == len(rows)
+
+
+def test_training_questions_put_spatial_turns_first():
+    scene = next(g for g in (scenes.make_scene("train", i) for i in range(200))
+                 if len(scenes.unique(g.objects, lambda o: o.name)) >= 4)
+    plain = scenes.training_questions(scene, random.Random(3), 24)
+    favoured = scenes.training_questions(scene, random.Random(3), 24, spatial_turns=5)
+    assert [q["family"] for q in favoured[:5]] == ["spatial"] * 5
+    assert [q["family"] for q in plain[:5]] != ["spatial"] * 5, "round-robin over families without it"
+    assert len(favoured) == len(plain) == 24 and len({q["question"] for q in favoured}) == 24
+    every = scenes.training_questions(scene, random.Random(3), 24, spatial_turns=100)
+    spatial = sum(q["family"] == "spatial" for q in scenes.training_questions(scene, random.Random(3), 500))
+    assert [q["family"] for q in every] == ["spatial"] * min(spatial, 24)

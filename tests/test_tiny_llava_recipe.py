@@ -63,9 +63,13 @@ def test_every_phase_logs_validation_accuracy_per_family(smoke_run):
 
 def test_curriculum_grows_to_whole_busy_images():
     phases = tiny_llava.CURRICULUM
-    assert phases[0].max_objects == 1 and phases[-1].max_objects == scenes.MAX_OBJECTS
-    assert [p.max_objects for p in phases] == sorted(p.max_objects for p in phases)
-    assert phases[-1].keep_background == 1.0, "the last phase shows every patch, as at test time"
+    main = [p for p in phases if p.stage == "main"]
+    assert main == list(phases[:len(main)]), "the main stage comes first"
+    assert main[0].max_objects == 1 and main[-1].max_objects == scenes.MAX_OBJECTS
+    assert [p.max_objects for p in main] == sorted(p.max_objects for p in main)
+    assert [p.keep_background for p in main] == sorted(p.keep_background for p in main)
+    assert phases[-1].max_objects == scenes.MAX_OBJECTS and phases[-1].keep_background == 1.0, \
+        "the last phase shows every patch of any scene, as at test time"
     assert tiny_llava.phase_steps(tiny_llava.Config(llm_scale=0.5)) == [round(p.steps / 2) for p in phases]
     rng = np.random.default_rng(0)
     for index in range(20):
@@ -94,6 +98,13 @@ def test_each_stage_warms_up_and_decays_on_its_own_schedule():
     assert tiny_llava.learning_rate(config, compare[0], 0) == pytest.approx(0.5e-5)
     assert tiny_llava.learning_rate(config, compare[0], 99) == pytest.approx(0.5e-3, rel=0.01)
     assert tiny_llava.learning_rate(config, compare[-1], steps[compare[-1]] - 1) < 1e-6
+    # a stage shorter than 1000 steps warms up over a tenth of them: the last (settle) stage of one phase
+    (settle,) = [i for i, s in enumerate(stages) if s == stages[-1]]
+    assert settle == len(stages) - 1 and steps[settle] < 1000
+    assert tiny_llava.learning_rate(config, settle, 0) == pytest.approx(0.5e-3 / (steps[settle] // 10 + 1))
+    peak = steps[settle] // 10
+    assert tiny_llava.learning_rate(config, settle, peak) == pytest.approx(
+        0.5e-3 * 0.5 * (1 + math.cos(math.pi * peak / steps[settle])))
 
 
 @torch.no_grad()
@@ -147,6 +158,28 @@ def test_mention_targets_mark_each_named_object_at_its_shape_word():
     assert (targets[targets[:, 0] < 0] == -1).all()
 
 
+def test_relation_targets_mark_the_second_mention_of_each_question():
+    tokenizer = build_tokenizer()
+    objs = [scenes.Obj("circle", "red", "small", 30, 40), scenes.Obj("square", "blue", "large", 200, 100),
+            scenes.Obj("triangle", "green", "medium", 100, 300), scenes.Obj("triangle", "green", "small", 300, 300)]
+    questions = [{"family": "size", "question": "Is the red circle bigger than the blue square?", "answer": "no"},
+                 {"family": "spatial", "question": "Is the blue square left of the red circle?", "answer": "no"},
+                 {"family": "exist", "question": "Is there a red circle?", "answer": "yes"},
+                 {"family": "exist", "question": "Is there a blue square?", "answer": "yes"},
+                 {"family": "spatial", "question": "Is the green triangle above the red circle?", "answer": "no"}]
+    row = components.qa_sequence(tokenizer, questions, 3, np.random.default_rng(1))
+    ids = components.pad_batch([row], tokenizer.pad_token_id)[0]
+    mentions = components.mention_targets(tokenizer, ids, [scenes.Scene(objects=objs)])
+    targets = components.relation_targets(tokenizer, ids, mentions)[0]
+    words = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    marked = sorted((" ".join(words[t - 3:t + 1]), targets[t].tolist())
+                    for t in torch.nonzero(~targets[:, 0].isnan()).flatten())
+    # x, y and size step of the first named object minus the second's; single mentions (existence) and questions naming a
+    # non-unique object (two green triangles) mark nothing, even when the exist turns sit next to each other
+    assert marked == [("of the red circle", [170.0, 60.0, 2.0]), ("than the blue square", [-170.0, -60.0, -2.0])]
+    assert targets[:, 1].isnan().sum() == len(words) - 2
+
+
 def test_letter_targets_mark_the_letter_each_text_answer_position_predicts():
     tokenizer = build_tokenizer()
     questions = [{"family": "text", "question": "What does the sign say?", "answer": "xrm"},
@@ -181,6 +214,18 @@ def test_layer_probe_reads_the_chosen_layer_and_trains_it():
     assert stats["reading"] == float(probe.letter(hidden[1][0, 2]).argmax() == 5)
     _, only_letters = probe.loss(hidden, None, letters)
     assert set(only_letters) == {"reading"}, "phases without mention targets still train reading"
+    relations = torch.full((2, 5, 3), float("nan"))
+    relations[0, 4] = torch.tensor([-84.0, 168.0, 1.0])
+    for h in hidden:
+        h.grad = None
+    _, stats = probe.loss(hidden, None, letters, relations)
+    guess = probe.relation(hidden[2][0, 4]).detach()
+    assert stats["relation_px"] == pytest.approx(float((guess[:2] - torch.tensor([-0.25, 0.5])).abs().mean()) * 336,
+                                                 rel=1e-5)
+    assert stats["relation_sign"] == float(((guess[:2] > 0) == torch.tensor([False, True])).float().mean())
+    assert stats["relation_size"] == float(guess[2] > 0)
+    probe.loss(hidden, None, letters, relations)[0].backward()
+    assert torch.nonzero(hidden[2].grad.abs().sum(-1)).tolist() == [[0, 4]], "relations read one layer higher"
 
 
 @pytest.mark.parametrize("args, message", [(["--llm-scale", "0"], "--llm-scale must be > 0"),

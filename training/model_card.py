@@ -105,8 +105,8 @@ _WEAK_REASONS = {
     "count": "counting needs attention spread evenly over every object centre of the named shape.",
     "exist": "the question names an object by colour *and* shape; single-attribute matches must not count.",
     "spatial": ("two objects, each named by colour and shape, must both be found and their positions compared, "
-                "all before one answer token; the LLM's own estimate of each named object's centre is still "
-                "coarse (layer probe, above), and comparing the two has not been learned."),
+                "all before one answer token; the layer probe (above) shows how coarse the LLM's estimate of each "
+                "named object's centre and of the offset between the two still is."),
     "size": ("two objects, each named by colour and shape, must both be found and their sizes compared; the "
              "layer probe's size accuracy (above) is roughly the chance of reading one of them right."),
     "text": ("the answer must spell every letter in order; the tower recognises {letters} of letter patches (last "
@@ -119,8 +119,12 @@ def card(result: dict, log: list[dict], command: str) -> str:
     llm = [r for r in log if r["stage"] == "llm"]
     probe = [r for r in log if r["stage"] == "llm step" and "mention_size" in r][-1:]
     reading = [r for r in log if r["stage"] == "llm step" and "reading" in r][-1:]
+    relation = [r for r in log if r["stage"] == "llm step" and "relation_px" in r][-1:]
     families = [f for f in scenes.FAMILIES if f in result["accuracy"]] + ["overall"]
     pct = lambda x: f"{100 * x:.1f}"
+    offset = "".join(f"; offset off by {r['relation_px']:.1f} px, its sign right {pct(r['relation_sign'])} %"
+                     + (f", bigger or smaller right {pct(r['relation_size'])} %" if "relation_size" in r else "")
+                     for r in relation)
     lines = [
         "# tokencomp-tiny-llava",
         "",
@@ -143,11 +147,13 @@ def card(result: dict, log: list[dict], command: str) -> str:
         "- LLM curriculum (phase: steps, validation answer accuracy on whole images, teacher-forced, each question alone): "
         + "; ".join(f"{r['phase']}: {r['steps']}, {pct(r['val']['overall'])} %" for r in llm),
         ("- Layer probe (training only: a middle layer of the LLM predicts, at each \"colour shape\" mention, that "
-         "object's size and centre, and at each token of a sign's text answer the letter it spells next), last "
-         "logged step: "
+         "object's size and centre, and at each token of a sign's text answer the letter it spells next; one layer "
+         "up, at a question's second mention, the offset in place and size of the first named object from the "
+         "second), last logged step: "
          + (f"size {pct(probe[0]['mention_size'])} %, centre off by {probe[0]['mention_position_px']:.1f} px"
             if probe else "n/a")
-         + (f"; letters {pct(reading[0]['reading'])} %" if reading else "")),
+         + (f"; letters {pct(reading[0]['reading'])} %" if reading else "")
+         + offset),
         "",
         f"## Test accuracy ({result['questions']} questions from {result['scenes']} test scenes, greedy, 576 tokens)",
         "",

@@ -207,10 +207,11 @@ def make_questions(scene: Scene, rng: random.Random) -> list[dict]:
     return qs
 
 
-def training_questions(scene: Scene, rng: random.Random, limit: int = 24) -> list[dict]:
+def training_questions(scene: Scene, rng: random.Random, limit: int = 24, spatial_turns: int = 0) -> list[dict]:
     """Many questions about one scene for training (the evaluation splits keep `make_questions`' one or two
     per family): every question each family supports, drawn round-robin over the families in random order
-    until `limit`, so a long sequence of turns keeps the rare families (size, text) in it."""
+    until `limit`, so a long sequence of turns keeps the rare families (size, text) in it. The first
+    `spatial_turns` turns go to spatial questions, as many as the scene has."""
     objs = scene.objects
     pool: dict[str, list[tuple[str, str]]] = {f: [] for f in FAMILIES}
     for o in unique(objs, lambda o: o.shape):
@@ -242,11 +243,17 @@ def training_questions(scene: Scene, rng: random.Random, limit: int = 24) -> lis
     order = [f for f in FAMILIES if pool[f]]
     rng.shuffle(order)
     qs: list[dict] = []
+
+    def take(family: str) -> None:
+        question, answer = pool[family].pop()
+        qs.append({"family": family, "question": question, "answer": answer})
+
+    while len(qs) < min(spatial_turns, limit) and pool["spatial"]:
+        take("spatial")
     while len(qs) < limit and any(pool[f] for f in order):
         for family in order:
             if pool[family] and len(qs) < limit:
-                question, answer = pool[family].pop()
-                qs.append({"family": family, "question": question, "answer": answer})
+                take(family)
     return qs
 
 

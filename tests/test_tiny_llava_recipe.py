@@ -174,8 +174,9 @@ def test_relation_targets_mark_the_second_mention_of_each_question():
     words = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     marked = sorted((" ".join(words[t - 3:t + 1]), targets[t].tolist())
                     for t in torch.nonzero(~targets[:, 0].isnan()).flatten())
-    # x, y and size step of the first named object minus the second's; single mentions (existence) and questions naming a
-    # non-unique object (two green triangles) mark nothing, even when the exist turns sit next to each other
+    # x, y and size step of the first named object minus the second's; single mentions (existence) and
+    # questions naming a non-unique object (two green triangles) mark nothing, even when the exist turns sit
+    # next to each other
     assert marked == [("of the red circle", [170.0, 60.0, 2.0]), ("than the blue square", [-170.0, -60.0, -2.0])]
     assert targets[:, 1].isnan().sum() == len(words) - 2
 

@@ -7,6 +7,8 @@ processor in the API server, so nothing here raises on user input.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
@@ -21,6 +23,18 @@ from tokencomp.serving.processor import TokenCompLlavaProcessor
 from tokencomp.signals import qk_from_fused_qkv
 
 _TC_FIELDS = ("tc_spec", "tc_options", "tc_text_ids")
+logger = logging.getLogger("vllm.tokencomp")  # under vLLM's logger, so its handler prints it
+
+
+def finite_rows(tokens: torch.Tensor, kept: torch.Tensor, index: torch.Tensor, what: str) -> torch.Tensor:
+    """`kept` [K, D] if every value is finite, else the plain selection tokens[index] [K, D].
+
+    Requests share engine batches and KV-cache blocks, so a NaN or inf row reaching the language model can
+    corrupt other users' answers. Options are validated so that this cannot happen; this is the last line."""
+    if torch.isfinite(kept).all():
+        return kept
+    logger.error("tokencomp: %s produced non-finite tokens; serving the plain selection of its kept indices", what)
+    return tokens[index.to(tokens.device)]
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -44,8 +58,9 @@ class TokenCompLlava(LlavaForConditionalGeneration):
             text = None
             if item_spec.uses_text():
                 text = self.language_model.embed_input_ids(tc["tc_text_ids"][b].to(projected.device))
-            out.append(compress_image(projected[b], item_spec, cls_attn=cls_attn[b], keys=keys[b], grid=(side, side),
-                                      text=text).tokens)
+            compressed = compress_image(projected[b], item_spec, cls_attn=cls_attn[b], keys=keys[b],
+                                        grid=(side, side), text=text)
+            out.append(finite_rows(projected[b], compressed.tokens, compressed.index, repr(item_spec)))
         return out
 
     def _tower_with_signals(self, pixel_values: torch.Tensor):

@@ -15,4 +15,8 @@ def register() -> None:
 
     from vllm import ModelRegistry
 
+    from tokencomp.serving.limits import install_image_guards
+
+    install_image_guards()
+
     ModelRegistry.register_model(_ARCH, _CLASS)

@@ -9,7 +9,6 @@ token ids when the method reads the question), and emits K image placeholders in
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -19,25 +18,8 @@ from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
-from tokencomp.serving import metrics, spec
-
-logger = logging.getLogger("tokencomp.serving")
-
-
-def server_default(hf_config: object) -> spec.Spec:
-    """The server-wide default spec from `--hf-overrides '{"tokencomp": {...}}'` (`tokencomp serve` sets it)."""
-    raw = getattr(hf_config, spec.KEY, None)
-    return spec.parse(raw, max_budget=10**9) if raw else spec.Spec()
-
-
-def unsupported_reason(hf_config: object) -> str | None:
-    """Why this model's images cannot be compressed (None if they can): CLS attention needs a CLIP tower."""
-    tower = hf_config.vision_config.model_type
-    strategy = hf_config.vision_feature_select_strategy
-    if tower != "clip_vision_model" or strategy != "default":
-        return (f"tokencomp compresses LLaVA models with a CLIP vision tower and feature strategy 'default'; this "
-                f"model has {tower!r} / {strategy!r}: only method 'none' is available")
-    return None
+from tokencomp.serving import limits, spec
+from tokencomp.serving.model_support import max_aspect_ratio, server_default, unsupported_reason
 
 
 def _spec_of(payload: Mapping[str, object]) -> spec.Spec:
@@ -58,6 +40,8 @@ class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
             raise VLLMValidationError(f"mm_processor_kwargs accepts only {spec.KEY!r} on this server; got {other}",
                                       parameter="mm_processor_kwargs")
         images = inputs.mm_data_items.get("image") if "image" in inputs.mm_data_items else None
+        if isinstance(images, ImageProcessorItems):
+            self._check_image_sizes(images)
         n_max = self.info.get_max_image_tokens()
         try:
             resolved = spec.parse(kwargs.get(spec.KEY), max_budget=n_max,
@@ -78,13 +62,17 @@ class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
                 raise VLLMValidationError(f"method {resolved.method!r} reads the question, but the prompt has no text",
                                           parameter="messages")
         kwargs[spec.KEY] = payload  # the resolved spec is part of every item's hash from here on
-        out = super().apply(dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
-        if images is not None:
-            kept = [r.length for r in out["mm_placeholders"].get("image", [])]
-            metrics.record(resolved, images=len(kept), n_in=n_max * len(kept), n_out=sum(kept))
-            logger.info("tokencomp: method=%s budget=%s images=%d visual tokens %d -> %d", resolved.method,
-                        resolved.budget, len(kept), n_max * len(kept), sum(kept))
-        return out
+        return super().apply(dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
+
+    def _check_image_sizes(self, images: ImageProcessorItems) -> None:
+        bound = max_aspect_ratio(self.info.get_hf_config())
+        for i in range(len(images)):
+            if images.get(i) is None:
+                continue  # sent by reference to an item the caches already hold
+            width, height = images.get_image_size(i)
+            why = limits.aspect_ratio_error(width, height, bound)
+            if why:
+                raise VLLMValidationError(f"image {i + 1}: {why}", parameter="messages")
 
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]):
         hf_kwargs = dict(hf_kwargs)

@@ -3,12 +3,13 @@ the per-image tensors that carry it from the processor (API-server process) to t
 
 Request body (chat completions):  "mm_processor_kwargs": {"tokencomp": {"method": "itg", "budget": 64}}
 Optional keys: "question_aware" (bool: mix the question's relevance into the importance of methods that can
-use it), "seed" (int, for `random`), "options" (the method's own numeric options, e.g. {"tau": 0.1}).
+use it), "seed" (int, for `random`), "options" (the method's own settings, e.g. {"tau": 0.1}).
 Every error is a ValueError whose message names the field and the allowed values: vLLM answers it with HTTP 400.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ import tokencomp
 KEY = "tokencomp"
 P = f"mm_processor_kwargs.{KEY}"  # the request field, as errors name it
 _FIELDS = ("method", "budget", "question_aware", "seed", "options")
+_TRIAL_TOKENS = 16  # the dry run of a method's options: enough tokens for every method's bookkeeping
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class Spec:
     budget: int | None = None  # None: keep every token
     question_aware: bool = False
     seed: int = 0
-    options: Mapping[str, float] = field(default_factory=dict)
+    options: Mapping[str, float | int | bool] = field(default_factory=dict)
 
     def uses_text(self) -> bool:
         """Whether the instruction's embeddings are passed: methods that need them, or that can mix them in
@@ -60,8 +62,7 @@ def parse(raw: object, *, max_budget: int, default: Spec | None = None) -> Spec:
         return base
     if not isinstance(raw, Mapping):
         raise SpecError(P, f"must be an object like {{\"method\": \"id_pruner\", \"budget\": 64}}, "
-            f"got {type(raw).__name__}"
-        )
+                           f"got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
         raise SpecError(P, f"has unknown field(s) {unknown}; allowed: {', '.join(_FIELDS)}")
@@ -69,14 +70,15 @@ def parse(raw: object, *, max_budget: int, default: Spec | None = None) -> Spec:
     methods = tokencomp.methods.available()
     if not isinstance(method, str) or method not in methods:
         raise SpecError(f"{P}.method", f"must be one of {', '.join(methods)}; got {method!r}")
-    budget = raw.get("budget", base.budget)
+    if method == "none" and raw.get("budget") is not None:
+        raise SpecError(f"{P}.budget", "does not apply to method 'none', which keeps every visual token; "
+                                       "drop the budget or choose a compressing method")
+    budget = raw.get("budget", base.budget if base.method != "none" else None)
     if budget is not None and (not _is_int(budget) or not 1 <= budget <= max_budget):
         raise SpecError(f"{P}.budget", f"must be an integer in [1, {max_budget}] (visual tokens per image); "
-            f"got {budget!r}"
-        )
+                                       f"got {budget!r}")
     if method != "none" and budget is None:
-        raise SpecError(f"{P}.budget", f"is required for method {method!r}: an integer in [1, {max_budget}]"
-        )
+        raise SpecError(f"{P}.budget", f"is required for method {method!r}: an integer in [1, {max_budget}]")
     question_aware = raw.get("question_aware", base.question_aware)
     if not isinstance(question_aware, bool):
         raise SpecError(f"{P}.question_aware", f"must be true or false; got {question_aware!r}")
@@ -84,29 +86,75 @@ def parse(raw: object, *, max_budget: int, default: Spec | None = None) -> Spec:
     if not _is_int(seed) or not 0 <= seed < 2**31:
         raise SpecError(f"{P}.seed", f"must be an integer in [0, 2^31); got {seed!r}")
     options = raw.get("options", base.options if method == base.method else {})
-    _check_options(method, options)
-    return Spec(method, None if method == "none" else int(budget), question_aware, int(seed), dict(options))
+    options = _check_options(method, options)
+    return Spec(method, None if method == "none" else int(budget), question_aware, int(seed), options)
 
 
-def _check_options(method: str, options: object) -> None:
-    """Names and types here; values by a dry run of the method itself on 4 tokens, so that a value the method
-    rejects is a 400 in the API server instead of an error inside the engine."""
+def option_defaults(method: str) -> dict[str, object]:
+    """The method's keyword options and their defaults (a default's type is the option's type)."""
+    params = inspect.signature(tokencomp.methods.get(method).fn).parameters
+    return {name: params[name].default for name in tokencomp.methods.get(method).options()}
+
+
+def _kind(default: object) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if _is_int(default):
+        return "an integer"
+    return "a finite number" + (" or null (the method's own schedule)" if default is None else "")
+
+
+def _check_value(name: str, value: object, default: object) -> object:
+    """`value` coerced to the option's type, or a SpecError naming `options.<name>`."""
+    where = f"{P}.options.{name}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise SpecError(where, f"must be {_kind(default)}; got {value!r}")
+        return value
+    if _is_int(default):
+        if not _is_int(value):
+            raise SpecError(where, f"must be {_kind(default)}; got {value!r}")
+        return int(value)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise SpecError(where, f"must be {_kind(default)}; got {value!r}")
+    return float(value)
+
+
+def _check_options(method: str, options: object) -> dict[str, object]:
+    """Names and types here; values by a dry run of the method itself, first with each option alone (so the
+    error names it), then all together. Any exception or a non-finite output is a 400 in the API server: a
+    value the method cannot digest must never reach the engine, where it would share a batch with others."""
     if not isinstance(options, Mapping):
         raise SpecError(f"{P}.options", f"must be an object; got {type(options).__name__}")
-    allowed = tokencomp.methods.get(method).options()
+    defaults = option_defaults(method)
+    checked = {}
     for name, value in options.items():
-        if name not in allowed:
-            raise SpecError(f"{P}.options.{name}", f"is not an option of {method!r}; "
-                f"allowed: {', '.join(allowed) or 'none'}"
-            )
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise SpecError(f"{P}.options.{name}", f"must be a number; got {value!r}")
-    if options:
-        x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
-        try:
-            tokencomp.compress(x, 2, method, cls_attn=torch.rand(4), text=x[:1], keys=x, grid=(2, 2), **options)
-        except ValueError as exc:
-            raise SpecError(f"{P}.options", str(exc)) from None
+        if name not in defaults:
+            allowed = f"allowed: {', '.join(defaults)}" if defaults else "this method takes no options"
+            raise SpecError(f"{P}.options.{name}", f"is not an option of {method!r}; {allowed}")
+        checked[name] = _check_value(name, value, defaults[name])
+    checked = {name: value for name, value in checked.items() if value is not None}
+    for name, value in checked.items():
+        _trial(method, {name: value}, f"{P}.options.{name}")
+    if len(checked) > 1:
+        _trial(method, checked, f"{P}.options")
+    return checked
+
+
+def _trial(method: str, options: dict, where: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(_TRIAL_TOKENS, 4, generator=g)
+    side = math.isqrt(_TRIAL_TOKENS)
+    try:
+        out = tokencomp.compress(x, _TRIAL_TOKENS // 4, method, cls_attn=torch.rand(_TRIAL_TOKENS, generator=g),
+                                 text=x[:2], keys=x, grid=(side, side), **options)
+    except Exception as exc:  # noqa: BLE001 - whatever the method raises, the request is at fault
+        raise SpecError(where, f"is not accepted by method {method!r}: {exc}") from None
+    if not torch.isfinite(out.tokens).all():
+        raise SpecError(where, f"makes method {method!r} produce non-finite tokens; choose a value in its "
+                               f"usual range")
 
 
 def encode(spec: Spec, num_images: int) -> dict[str, torch.Tensor]:
@@ -120,9 +168,13 @@ def encode(spec: Spec, num_images: int) -> dict[str, torch.Tensor]:
 
 
 def decode(ints: torch.Tensor, opts: torch.Tensor) -> Spec:
-    """Inverse of `encode` for one image's rows."""
+    """Inverse of `encode` for one image's rows (options back in their declared types)."""
     method_id, budget, seed, question_aware = (int(v) for v in ints.tolist())
     method = tokencomp.methods.available()[method_id]
-    names = tokencomp.methods.get(method).options()
-    options = {name: value for name, value in zip(names, opts.tolist()) if not math.isnan(value)}
+    defaults = option_defaults(method)
+    options = {}
+    for name, value in zip(defaults, opts.tolist()):
+        if not math.isnan(value):
+            kind = type(defaults[name])
+            options[name] = kind(value) if kind in (bool, int) else value
     return Spec(method, budget or None, bool(question_aware), seed, options)

@@ -58,6 +58,8 @@ def test_bench_soak_smoke(model_dir, tmp_path):
     assert result["valid ok"] > 0 and result["valid 4xx"] == result["valid other error"] == 0, result["examples"]
     assert result["invalid 4xx"] > 0 and result["invalid ok"] == result["invalid other error"] == 0
     assert result["server_alive_at_end"] and result["memory_start_mib"] > 100
+    assert result["counted"]["tokencomp_images_total"] == sum(result["served"].values()) == result["valid ok"]
+    assert result["counted"]["tokencomp_visual_tokens_out_total"] == result["served tokens out"]
     assert "| valid requests failed | 0 | 0 |" in (tmp_path / "soak.md").read_text()
 
 

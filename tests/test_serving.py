@@ -17,13 +17,12 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 import tokencomp
-from tests.llava_fixture import make_llava
+from tests.conftest import API_KEY
 from tokencomp.serving.hf_reference import answer
 from tokencomp.serving.launcher import free_port, running
 from tokencomp.serving.server import ServerConfig
 from tokencomp.serving.spec import Spec
 
-API_KEY = "test-key"
 QUESTION = "what is the colour ?"
 METHODS = [m for m in tokencomp.methods.available() if m != "none"]
 
@@ -42,20 +41,18 @@ def _data_url(image: Image.Image | bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_llava(tmp_path_factory.mktemp("llava15") / "model")
+def model_dir(llava_served):
+    return llava_served.model_dir
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    config = ServerConfig(model=str(model_dir), port=free_port(), api_key=API_KEY, served_model_name="llava")
-    with running(config, log=tmp_path_factory.mktemp("logs") / "server.log") as url:
-        yield url
+def server(llava_served):
+    return llava_served.url
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server, api_key=API_KEY, max_retries=0, timeout=120)
+def client(llava_client):
+    return llava_client
 
 
 def ask(client, images, tc=None, question=QUESTION, **extra):
@@ -111,7 +108,8 @@ BAD_TOKENCOMP = [
     ({"method": 3, "budget": 64}, "mm_processor_kwargs.tokencomp.method", "one of"),
     ("itg", "mm_processor_kwargs.tokencomp", "must be an object"),
     ({"method": "itg", "budget": 8, "colour": 1}, "mm_processor_kwargs.tokencomp", "allowed: method, budget"),
-    ({"method": "itg", "budget": 8, "options": {"tau": 0}}, "mm_processor_kwargs.tokencomp.options", "tau"),
+    ({"method": "itg", "budget": 8, "options": {"tau": 0}}, "mm_processor_kwargs.tokencomp.options.tau", "> 0"),
+    ({"method": "none", "budget": 8}, "mm_processor_kwargs.tokencomp.budget", "does not apply to method 'none'"),
     ({"method": "itg", "budget": 8, "options": {"beta": 1}}, "mm_processor_kwargs.tokencomp.options.beta",
      "allowed: tau"),
     ({"method": "itg", "budget": 8, "question_aware": "yes"}, "mm_processor_kwargs.tokencomp.question_aware",
@@ -138,8 +136,8 @@ BAD_MEDIA = {
     "corrupt image": ([b"definitely not an image"], "Failed to load image"),
     "zero-size image": ([b""], "Failed to load image"),
     "truncated image": ([_png(64, 64)[:60]], "Failed to load image"),
-    "oversized image": ([_png(5000, 4000)], "exceed the maximum of 16777216 pixels"),
-    "too many images": ([_png(16, 16)] * 5, "At most 4 image(s)"),
+    "oversized image": ([_png(5000, 4000)], "this server accepts at most 16777216 pixels per image"),
+    "too many images": ([_png(16, 16)] * 4, "At most 3 image(s)"),  # what a 2048-token context holds
 }
 
 
@@ -190,9 +188,10 @@ def test_metrics_count_visual_tokens_in_and_out(client, server):
 @pytest.fixture(scope="module")
 def vanilla(model_dir, tmp_path_factory):
     """vLLM as users run it without TokenComp: same model and settings, our plugin not loaded."""
-    config = ServerConfig(model=str(model_dir), port=free_port(), api_key=API_KEY, served_model_name="llava")
+    config = ServerConfig(model=str(model_dir), port=free_port(), api_key=API_KEY, served_model_name="llava",
+                          vanilla=True)
     log = tmp_path_factory.mktemp("logs") / "vanilla.log"
-    with running(config, log=log, env={"VLLM_PLUGINS": "lora_filesystem_resolver"}) as url:
+    with running(config, log=log) as url:
         yield openai.OpenAI(base_url=url, api_key=API_KEY, max_retries=0, timeout=120)
     assert "tokencomp: method=" not in log.read_text(), "our processor must not have run in vanilla vLLM"
 

@@ -3,8 +3,8 @@
     tokencomp bench serve [--model DIR] [--scaled] [--requests 24] [--concurrency 4] [--methods id_pruner itg]
                           [--budgets 32 64 128 192] [--long-tokens 48] [--out bench/shipped]
 
-Vanilla is the same server command with vLLM's plugin loading switched off (VLLM_PLUGINS=""), so vLLM's own
-LLaVA serves it. Each setting answers the same generated requests twice: short answers (at most 8 tokens) and a
+Vanilla is the same server command with vLLM's plugin loading switched off (VLLM_PLUGINS="") and without
+TokenComp's request middleware, so vLLM's own LLaVA serves it. Each setting answers the same generated requests twice: short answers (at most 8 tokens) and a
 long-answer variant (`--long-tokens`, EOS ignored). Prefix caching is off so that repeating a workload costs
 what it cost the first time. A cost model fitted on the same server gives the ideal speed-up at each budget:
 
@@ -62,8 +62,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--model must be a local model directory; {str(args.model)!r} is not one")
 
 
-def _config(model: Path) -> ServerConfig:
-    return ServerConfig(model=str(model), port=free_port(), max_images=1, extra=["--no-enable-prefix-caching"])
+def _config(model: Path, *, vanilla: bool = False) -> ServerConfig:
+    return ServerConfig(model=str(model), port=free_port(), max_images=1, extra=["--no-enable-prefix-caching"],
+                        vanilla=vanilla)
 
 
 def _variants(args) -> list[tuple[str, int, dict]]:
@@ -130,8 +131,8 @@ def bench_model(model: Path, args, bar) -> dict:
     conversations = scene_requests(args.requests)
     settings = [("none", {"method": "none"})] + [
         (f"{m}@{k}", {"method": m, "budget": k}) for m in args.methods for k in args.budgets]
-    config = _config(model)
-    with running(config, log=args.out / "logs" / f"{model.name}-vanilla.log", env={"VLLM_PLUGINS": ""}) as url:
+    config = _config(model, vanilla=True)
+    with running(config, log=args.out / "logs" / f"{model.name}-vanilla.log") as url:
         vanilla = _workloads(url, conversations, [("vanilla", None)], args, bar)
     config = _config(model)
     with running(config, log=args.out / "logs" / f"{model.name}-tokencomp.log") as url:

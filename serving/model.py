@@ -41,26 +41,35 @@ def finite_rows(tokens: torch.Tensor, kept: torch.Tensor, index: torch.Tensor, w
     TokenCompLlavaProcessor, info=LlavaProcessingInfo, dummy_inputs=LlavaDummyInputsBuilder
 )
 class TokenCompLlava(LlavaForConditionalGeneration):
-    """Every LLaVA checkpoint is served by this class once the plugin is installed; with method 'none' (the
-    default) it is vLLM's model unchanged. The processor only lets other methods through for CLIP towers."""
+    """Every LLaVA checkpoint is served by this class once the plugin is installed; images of method 'none' (the
+    default) go through vLLM's own `embed_multimodal` / tower call unchanged, so any LLaVA variant vLLM serves
+    is still served. The processor only lets other methods through for CLIP towers."""
 
     def embed_multimodal(self, **kwargs: object):
         tc = {name: kwargs.pop(name, None) for name in _TC_FIELDS}
         if tc["tc_spec"] is None or kwargs.get("pixel_values") is None:
             return super().embed_multimodal(**kwargs)
-        image_input = self._parse_and_validate_image_input(**kwargs)
-        features, cls_attn, keys = self._tower_with_signals(image_input["pixel_values"])
-        projected = self.multi_modal_projector(features)  # [B, N, D]
+        specs = [spec.decode(ints, opts) for ints, opts in zip(tc["tc_spec"], tc["tc_options"])]
+        if all(s.method == "none" for s in specs):
+            return super().embed_multimodal(**kwargs)  # vLLM's own path: same tower call, nothing extra
+        pixel_values = self._parse_and_validate_image_input(**kwargs)["pixel_values"]
+        plain = [b for b, s in enumerate(specs) if s.method == "none"]
+        chosen = [b for b, s in enumerate(specs) if s.method != "none"]
+        out: list[torch.Tensor | None] = [None] * len(specs)
+        if plain:  # images of 'none' requests batched with compressed ones still take vLLM's path
+            features = self._image_pixels_to_features(self.vision_tower, torch.stack([pixel_values[b] for b in plain]))
+            for b, rows in zip(plain, self.multi_modal_projector(features)):
+                out[b] = rows
+        features, cls_attn, keys = self._tower_with_signals(torch.stack([pixel_values[b] for b in chosen]))
+        projected = self.multi_modal_projector(features)  # [B', N, D]
         side = self.config.vision_config.image_size // self.config.vision_config.patch_size
-        out = []
-        for b in range(projected.shape[0]):
-            item_spec = spec.decode(tc["tc_spec"][b], tc["tc_options"][b])
+        for i, b in enumerate(chosen):
             text = None
-            if item_spec.uses_text():
+            if specs[b].uses_text():
                 text = self.language_model.embed_input_ids(tc["tc_text_ids"][b].to(projected.device))
-            compressed = compress_image(projected[b], item_spec, cls_attn=cls_attn[b], keys=keys[b],
+            compressed = compress_image(projected[i], specs[b], cls_attn=cls_attn[i], keys=keys[i],
                                         grid=(side, side), text=text)
-            out.append(finite_rows(projected[b], compressed.tokens, compressed.index, repr(item_spec)))
+            out[b] = finite_rows(projected[i], compressed.tokens, compressed.index, repr(specs[b]))
         return out
 
     def _tower_with_signals(self, pixel_values: torch.Tensor):

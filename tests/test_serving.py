@@ -18,6 +18,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 import tokencomp
 from tests.conftest import API_KEY
+from tests.helpers import greedy_with_logprobs, max_logprob_difference
 from tokencomp.serving.hf_reference import answer
 from tokencomp.serving.launcher import free_port, running
 from tokencomp.serving.server import ServerConfig
@@ -197,7 +198,11 @@ def vanilla(model_dir, tmp_path_factory):
 
 
 def test_method_none_reproduces_vanilla_vllm(client, vanilla):
+    """Same greedy tokens, prompt length and top-5 log-probabilities (max abs difference exactly 0)."""
     for seed in range(4):
-        ours, theirs = ask(client, [_image(seed)], {"method": "none"}), ask(vanilla, [_image(seed)])
-        assert ours.choices[0].message.content == theirs.choices[0].message.content
-        assert ours.usage.prompt_tokens == theirs.usage.prompt_tokens
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(_image(seed))}},
+                                                 {"type": "text", "text": QUESTION}]}]
+        ours = greedy_with_logprobs(client, messages, {"mm_processor_kwargs": {"tokencomp": {"method": "none"}}})
+        theirs = greedy_with_logprobs(vanilla, messages)
+        assert ours[:2] == theirs[:2]
+        assert max_logprob_difference(ours[2], theirs[2]) == 0.0

@@ -7,9 +7,12 @@ processor in the API server, so nothing here raises on user input.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 
 import torch
+from vllm.distributed import get_tensor_model_parallel_rank, tensor_model_parallel_all_reduce
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
     LlavaForConditionalGeneration,
@@ -24,6 +27,8 @@ from tokencomp.signals import qk_from_fused_qkv
 
 _TC_FIELDS = ("tc_spec", "tc_options", "tc_text_ids")
 logger = logging.getLogger("vllm.tokencomp")  # under vLLM's logger, so its handler prints it
+# TOKENCOMP_LOG_KEPT=1: every rank logs a digest of each image's kept indices (tensor-parallel consistency checks)
+LOG_KEPT = os.environ.get("TOKENCOMP_LOG_KEPT") == "1"
 
 
 def finite_rows(tokens: torch.Tensor, kept: torch.Tensor, index: torch.Tensor, what: str) -> torch.Tensor:
@@ -70,6 +75,10 @@ class TokenCompLlava(LlavaForConditionalGeneration):
             compressed = compress_image(projected[i], specs[b], cls_attn=cls_attn[i], keys=keys[i],
                                         grid=(side, side), text=text)
             out[b] = finite_rows(projected[i], compressed.tokens, compressed.index, repr(specs[b]))
+            if LOG_KEPT:
+                digest = hashlib.sha1(compressed.index.cpu().numpy().tobytes()).hexdigest()[:12]
+                logger.info("tokencomp: rank=%d method=%s kept=%s", get_tensor_model_parallel_rank(),
+                            specs[b].method, digest)
         return out
 
     def _tower_with_signals(self, pixel_values: torch.Tensor):
@@ -80,7 +89,20 @@ class TokenCompLlava(LlavaForConditionalGeneration):
         *layers, feature_layer = tower.encoder.layers
         for layer in layers:
             hidden = layer(hidden)
-        signals = [vision_signals(*qk_from_fused_qkv(feature_layer, h), feature_layer.self_attn.num_heads_per_partition)
-                   for h in hidden]
+        local_heads = feature_layer.self_attn.num_heads_per_partition
+        signals = [vision_signals(*qk_from_fused_qkv(feature_layer, h), local_heads) for h in hidden]
+        cls_attn, keys = torch.stack([s[0] for s in signals]), torch.stack([s[1] for s in signals])
+        total_heads = self.config.vision_config.num_attention_heads
+        if local_heads < total_heads:
+            cls_attn, keys = all_heads_mean(cls_attn, keys, local_heads, total_heads)
         hidden = feature_layer(hidden)
-        return hidden[:, 1:], torch.stack([s[0] for s in signals]), torch.stack([s[1] for s in signals])
+        return hidden[:, 1:], cls_attn, keys
+
+
+def all_heads_mean(cls_attn: torch.Tensor, keys: torch.Tensor, local_heads: int, total_heads: int):
+    """Under tensor parallelism each rank holds `local_heads` of the tower's heads, so its head means differ from
+    the other ranks'; summing the local sums over ranks gives every rank the mean over all heads, and so the
+    same kept tokens (otherwise ranks would feed the language model different inputs)."""
+    stacked = torch.cat([cls_attn[..., None], keys], dim=-1) * local_heads
+    stacked = tensor_model_parallel_all_reduce(stacked.contiguous()) / total_heads
+    return stacked[..., 0], stacked[..., 1:]

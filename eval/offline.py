@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
-from tokencomp.eval.runner import Setting, answered, chat_messages, logged, pending, progress
+from tokencomp.eval.runner import Log, Setting, answered, chat_messages, logged, pending, progress
 from tokencomp.eval.sample import Sample, Task
 
 CHUNK = 64  # samples per LLM.chat call: the unit of progress that survives a kill
@@ -27,15 +26,15 @@ class OfflineEngine:
         self.llm = LLM(model=model, dtype="float32", enforce_eager=True, seed=0, max_model_len=max_model_len,
                        limit_mm_per_prompt={"image": max_images})
 
-    def run(self, task: Task, samples: list[Sample], setting: Setting, log: Path) -> list[dict]:
-        """Answer every sample not yet in `log`, appending each chunk's records; return all of the log."""
+    def run(self, task: Task, samples: list[Sample], setting: Setting, log: Log) -> list[dict]:
+        """Answer every sample without an answer in `log`, appending each chunk's records; return the log's
+        record of every sample."""
         from vllm import SamplingParams
 
-        log.parent.mkdir(parents=True, exist_ok=True)
         todo = pending(samples, log)
         params = SamplingParams(temperature=0, max_tokens=task.max_tokens)
         kwargs = setting.body()["mm_processor_kwargs"]
-        with open(log, "a") as out, progress(task, setting, samples, todo) as bar:
+        with log.open() as out, progress(task, setting, samples, todo) as bar:
             for start in range(0, len(todo), CHUNK):
                 chunk = todo[start:start + CHUNK]
                 began = time.perf_counter()
@@ -43,7 +42,8 @@ class OfflineEngine:
                                         mm_processor_kwargs=kwargs)
                 share = (time.perf_counter() - began) / len(chunk)
                 for sample, output in zip(chunk, outputs):
-                    record = answered(task, sample, output.outputs[0].text, len(output.prompt_token_ids), share)
+                    record = answered(task, sample, output.outputs[0].text, len(output.prompt_token_ids), share,
+                                      log.key)
                     out.write(json.dumps(record) + "\n")
                 out.flush()
                 bar.update(len(chunk))

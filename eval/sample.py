@@ -25,3 +25,4 @@ class Task:
     aggregate: Callable[[list[dict]], dict]  # answered records -> {"score": headline, ...details}
     max_tokens: int = 8
     unit: str = "%"  # "%": scores are fractions shown x100; "points": shown as they are (MME)
+    splits: tuple[str, ...] = ()  # held-out splits `load` takes as split=...; the last is the default

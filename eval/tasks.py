@@ -1,9 +1,10 @@
 """The task registry: a name, a loader of samples from a local folder, a per-sample scorer and an aggregate.
 Nothing downloads; see `benchmarks.py` for the file layouts each standard benchmark is read from.
 
-`synthetic` is the shipped model's procedural VQA test split (`training/scenes.py`), read from the layout
-`write_split` produces: `questions.json` (a list of {question_id, image, question, answers, family, pope}) next
-to the images. With no --data-dir it is generated into a cache folder, deterministically.
+`synthetic` is the shipped model's procedural VQA (`training/scenes.py`), read from the layout `write_split`
+produces: `questions.json` (a list of {question_id, image, question, answers, family, pope}) next to the images.
+With no --data-dir it is generated into a cache folder, deterministically. It has two held-out splits: `val`, to
+tune methods on, and `test` (the default), to report each final configuration once.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def load_questions_json(data_dir: Path, limit: int | None) -> list[Sample]:
     return samples[:limit] if limit else samples
 
 
-def load_synthetic(data_dir: Path | None, limit: int | None) -> list[Sample]:
-    """The first `limit` test questions (scene by scene, the order the model card scores)."""
+def load_synthetic(data_dir: Path | None, limit: int | None, split: str = "test") -> list[Sample]:
+    """The first `limit` questions of `split` (scene by scene, the order the model card scores)."""
+    if split not in SYNTHETIC_SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SYNTHETIC_SPLITS)} for synthetic; got {split!r}")
     if data_dir is None:
         from tokencomp.training import scenes
 
@@ -48,10 +51,37 @@ def load_synthetic(data_dir: Path | None, limit: int | None) -> list[Sample]:
         # Keyed by the generator's source: a cached split from an older generator would score a model on
         # scenes and questions it was never meant for.
         version = hashlib.sha256(Path(scenes.__file__).read_bytes()).hexdigest()[:12]
-        data_dir = Path.home() / ".cache" / "tokencomp" / f"synthetic-test-{n_scenes}-{version}"
+        data_dir = Path.home() / ".cache" / "tokencomp" / f"synthetic-{split}-{n_scenes}-{version}"
         if not (data_dir / "questions.json").is_file():
-            scenes.write_split("test", n_scenes, data_dir)
-    return load_questions_json(data_dir, limit)
+            scenes.write_split(split, n_scenes, data_dir)
+    samples = load_questions_json(data_dir, limit)
+    other = next((s.id for s in samples if not s.id.startswith(f"{split}-")), None)
+    if other is not None:
+        raise ValueError(f"{data_dir} holds question {other!r}, not of the {split!r} split asked for "
+                         f"(synthetic ids start with '{split}-')")
+    return samples
+
+
+SYNTHETIC_SPLITS = ("val", "test")
+
+
+def load(task: Task, data_dir: Path | None, limit: int | None, split: str | None) -> list[Sample]:
+    """The task's samples; `split` only for a task that has splits (None: its default)."""
+    if split is None:
+        return task.load(data_dir, limit)
+    if not task.splits:
+        raise ValueError(f"--split applies to tasks with held-out splits ({', '.join(with_splits())}); "
+                         f"{task.name!r} has none")
+    return task.load(data_dir, limit, split=split)
+
+
+def label(task: Task, split: str | None) -> str:
+    """The task as results name it: `synthetic` (its default split), `synthetic_val`."""
+    return task.name if split is None or split == task.splits[-1] else f"{task.name}_{split}"
+
+
+def with_splits() -> list[str]:
+    return [name for name, t in TASKS.items() if t.splits]
 
 
 def _letter(prediction: str, sample: Sample) -> float:
@@ -59,7 +89,7 @@ def _letter(prediction: str, sample: Sample) -> float:
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("synthetic", load_synthetic, exact_match, metrics.mean_aggregate),
+    Task("synthetic", load_synthetic, exact_match, metrics.mean_aggregate, splits=SYNTHETIC_SPLITS),
     Task("vqav2", benchmarks.load_vqav2, lambda p, s: metrics.vqa_accuracy(p, s.answers), metrics.mean_aggregate,
          max_tokens=16),
     Task("gqa", benchmarks.load_gqa, lambda p, s: metrics.gqa_match(p, s.answers[0]), metrics.mean_aggregate,

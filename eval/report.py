@@ -262,12 +262,13 @@ def _plot(run: TaskRun, summary: dict, budgets: list[int], out) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for key, ax, title in [("score", axes[0], f"accuracy ({LEVEL:.0%} interval)"),
                            ("prompt_tokens", axes[1], "prompt tokens"), ("latency_s", axes[2], "latency (s)")]:
-        for variant in variants:
+        for i, variant in enumerate(variants):
             rows = [summary[by_label[f"{variant}@{k}"]] for k in budgets]
             values = [r[key] for r in rows]
-            if key == "score":
+            if key == "score":  # intervals side by side, not on top of each other
+                shifted = [k * (1 + 0.02 * (i - (len(variants) - 1) / 2)) for k in budgets]
                 spread = [[r[key] - r["interval"].low for r in rows], [r["interval"].high - r[key] for r in rows]]
-                ax.errorbar(budgets, values, yerr=spread, marker="o", capsize=3, label=variant)
+                ax.errorbar(shifted, values, yerr=spread, marker="o", capsize=3, label=variant)
             else:
                 ax.plot(budgets, values, marker="o", label=variant)
         if "none" in by_label:

@@ -12,6 +12,7 @@ import pytest
 
 from tokencomp import cli
 from tokencomp.eval import tasks
+from tokencomp.eval.cli import parse_options, settings
 from tokencomp.eval.fingerprint import model_identity
 from tokencomp.eval.runner import Log, Setting, answered, logged, pending
 from tokencomp.training.scenes import write_split
@@ -162,3 +163,27 @@ def test_split_is_checked_against_the_data(tmp_path, data_dir, capsys):
     assert "not of the 'val' split" in capsys.readouterr().err
     assert _eval("--tasks", "pope", "--split", "val", "--data-dir", str(data_dir), "--out", str(tmp_path)) == 2
     assert "'pope' has none" in capsys.readouterr().err
+
+
+def test_sweep_settings_carry_options_only_where_they_change_answers():
+    sweep = settings(["itg", "vispruner", "random"], [32], False, question_aware=True, seed=3,
+                     options=parse_options(["itg.tau=0.1", "itg.restore_norm=false"]))
+    by_method = {s.method: s for s in sweep}
+    assert by_method["itg"] == Setting("itg", 32, question_aware=True, options=(("restore_norm", False),
+                                                                                  ("tau", 0.1)))
+    assert by_method["vispruner"] == Setting("vispruner", 32)  # reads no question: question_aware changes nothing
+    assert by_method["random"] == Setting("random", 32, seed=3)
+    assert by_method["itg"].label == "itg[qa,restore_norm=False,tau=0.1]@32"
+    assert by_method["itg"].body()["mm_processor_kwargs"]["tokencomp"] == {
+        "method": "itg", "budget": 32, "question_aware": True, "options": {"restore_norm": False, "tau": 0.1}}
+
+
+@pytest.mark.parametrize("options, message", [
+    (["itg.tau=-1"], "options.tau"),
+    (["itg.nope=1"], "is not an option of 'itg'"),
+    (["mmr.alpha=0.3"], "not in --methods"),
+    (["tau=0.1"], "METHOD.NAME=VALUE"),
+])
+def test_bad_options_are_refused_by_name(options, message):
+    with pytest.raises(ValueError, match=message):
+        settings(["itg"], [32], False, options=parse_options(options))

@@ -204,11 +204,11 @@ def _best_cell(run: TaskRun, summary: dict, tests: list[Paired], budget: int, sh
     top = max(at, key=lambda s: summary[s]["score"])
     mine = [t for t in tests if t.budget == budget]
     if not mine:
-        return f"{top.label.split('@')[0]} (untested)"
+        return f"{top.variant} (untested)"
     best = max(mine, key=lambda t: t.test.difference.estimate)  # ours closest to beating the peer
     d = best.test.difference
-    ours, peer = best.ours.split("@")[0], best.peer.split("@")[0]
-    gap = f"{show(d.estimate):>s} [{show(d.low)}, {show(d.high)}]"
+    ours, peer = best.ours.rsplit("@", 1)[0], best.peer.rsplit("@", 1)[0]
+    gap = f"{show(d.estimate)} [{show(d.low)}, {show(d.high)}]"
     if best.verdict == "win":
         return f"**{ours}** (+{gap} over {peer})"
     if best.verdict == "loss":

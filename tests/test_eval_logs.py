@@ -141,21 +141,28 @@ def test_from_logs_recomputes_tables_and_refuses_another_models_logs(tmp_path, s
     assert "have no answer" in capsys.readouterr().err
 
 
-def test_a_win_is_claimed_only_where_the_paired_interval_excludes_zero(tmp_path, samples, data_dir):
+@pytest.mark.parametrize("ours_better", [True, False])
+def test_a_winner_is_named_only_where_the_paired_interval_excludes_zero(tmp_path, samples, data_dir, ours_better):
     out = tmp_path / "out"
-    identity = "served-model"
-    for method, is_right in {"none": lambda i: True, "itg": lambda i: True, "mmr": lambda i: i % 3 != 0}.items():
+    some = lambda i: i % 3 != 0  # wrong on every third question: on some in every scene (4-7 in a row)
+    right = {"none": lambda i: True, "itg": (lambda i: True) if ours_better else some,
+             "mmr": some if ours_better else (lambda i: True)}
+    for method, is_right in right.items():
         for k in [None] if method == "none" else [8]:
-            log = Log.of(out, identity, "synthetic", SYNTHETIC, Setting(method, k))
+            log = Log.of(out, "served-model", "synthetic", SYNTHETIC, Setting(method, k))
             _write(log, [_answer(log, s, is_right(i)) for i, s in enumerate(samples)])
     assert _eval("--data-dir", str(data_dir), "--methods", "itg", "mmr", "--budgets", "8", "--no-baselines",
                  "--out", str(out), "--from-logs", "--replicates", "500") == 0
     (test,) = json.loads((out / "results.json").read_text())["paired"]["synthetic"]
     wrong = sum(i % 3 == 0 for i in range(len(samples)))
-    assert test["difference"] == pytest.approx(wrong / len(samples)) and test["verdict"] == "win"
-    assert test["mcnemar"]["only_ours_right"] == wrong and test["mcnemar"]["only_peer_right"] == 0
+    sign = 1 if ours_better else -1
+    assert test["difference"] == pytest.approx(sign * wrong / len(samples))
+    assert test["verdict"] == ("win" if ours_better else "loss")
+    counts = (wrong, 0) if ours_better else (0, wrong)
+    assert (test["mcnemar"]["only_ours_right"], test["mcnemar"]["only_peer_right"]) == counts
     assert test["mcnemar"]["exact_p"] == pytest.approx(2 / 2**wrong)
-    assert "| best | **itg** (+" in (out / "table.md").read_text()
+    best = "| best | **itg** (+" if ours_better else "| best | **mmr** (itg -"
+    assert best in (out / "table.md").read_text()
 
 
 def test_split_is_checked_against_the_data(tmp_path, data_dir, capsys):

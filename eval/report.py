@@ -112,7 +112,7 @@ def write_results(runs: list[TaskRun], budgets: list[int], out, replicates: int)
         details[run.label] = {s.label: {k: v for k, v in row.items() if k != "interval"}
                               | {"ci95": [row["interval"].low, row["interval"].high]} for s, row in summary.items()}
         comparisons[run.label] = [_paired_json(p) for p in tests]
-        lines += _task_tables(run, summary, tests, budgets, relative)
+        lines += _task_tables(run, summary, tests, budgets, relative, replicates)
         _plot(run, summary, budgets, out)
     if len(runs) > 1:  # relative performance as pruning papers report it: mean over tasks of score / none
         lines += ["### all tasks: mean % of none", "", "| method | " + " | ".join(f"K={k}" for k in budgets) + " |",
@@ -157,7 +157,8 @@ def _paired_json(p: Paired) -> dict:
             "verdict": p.verdict}
 
 
-def _task_tables(run: TaskRun, summary: dict, tests: list[Paired], budgets: list[int], relative: dict) -> list[str]:
+def _task_tables(run: TaskRun, summary: dict, tests: list[Paired], budgets: list[int], relative: dict,
+                 replicates: int) -> list[str]:
     scale = 1.0 if run.task.unit == "points" else 100.0
 
     def show(x: float) -> str:
@@ -193,7 +194,7 @@ def _task_tables(run: TaskRun, summary: dict, tests: list[Paired], budgets: list
         lines += _paired_table(tests, show)
     if run.task.aggregate is metrics.mean_aggregate:
         for k in budgets:
-            lines += _family_table(run, k, scale)
+            lines += _family_table(run, k, scale, replicates)
     return lines
 
 
@@ -234,7 +235,8 @@ def _paired_table(tests: list[Paired], show) -> list[str]:
     return lines + [""]
 
 
-def _family_table(run: TaskRun, budget: int, scale: float) -> list[str]:
+def _family_table(run: TaskRun, budget: int, scale: float, replicates: int) -> list[str]:
+    """Each setting's score per question family at `budget` (with `none` first), with 95 % cluster intervals."""
     rows = [s for s in run.records if s.method == "none"] + _at(run, budget)
     groups = sorted({r["group"] for s in rows for r in _ok(run.records[s])})
     if len(groups) < 2:
@@ -242,12 +244,18 @@ def _family_table(run: TaskRun, budget: int, scale: float) -> list[str]:
     none = next((s for s in rows if s.method == "none"), None)
     sizes = ({g: sum(r["group"] == g for r in _ok(run.records[none])) for g in groups} if none else {})
     head = [f"{g} ({sizes[g]})" if g in sizes else g for g in groups]
-    lines = [f"#### {run.label} per family at K={budget} (questions per family in brackets)", "",
-             "| method | " + " | ".join(head) + " |", "|---|" + "---:|" * len(groups)]
+    lines = [(f"#### {run.label} per family at K={budget} (questions per family in brackets; "
+             f"{LEVEL:.0%} intervals)"), "", "| method | " + " | ".join(head) + " |", "|---|" + "---:|" * len(groups)]
     for s in rows:
-        per = metrics.mean_aggregate(_ok(run.records[s]))["groups"] if _ok(run.records[s]) else {}
-        lines.append(f"| {s.label} | " + " | ".join(f"{scale * per[g]:.1f}" if g in per else "-"
-                                                       for g in groups) + " |")
+        cells = []
+        for g in groups:
+            family = [r for r in _ok(run.records[s]) if r["group"] == g]
+            if not family:
+                cells.append("-")
+                continue
+            i = mean_interval([r["score"] for r in family], [r["cluster"] for r in family], replicates=replicates)
+            cells.append(f"{scale * i.estimate:.1f} [{scale * i.low:.0f}, {scale * i.high:.0f}]")
+        lines.append(f"| {s.label} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

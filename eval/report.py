@@ -51,6 +51,7 @@ class Paired:
     mcnemar_c: int | None
     mcnemar_exact_p: float | None
     mcnemar_clustered_p: float | None
+    families: dict[str, PairedDifference]  # per question family (group), for tasks scored by a mean
 
     @property
     def verdict(self) -> str:
@@ -84,8 +85,13 @@ def paired(task: Task, budget: int, ours: Setting, peer: Setting, records: dict[
         return None
     clusters = [a["cluster"] for a, _ in pairs]
     a, b = [x["score"] for x, _ in pairs], [y["score"] for _, y in pairs]
+    families = {}
     if task.aggregate is metrics.mean_aggregate:
         test = paired_mean_difference(a, b, clusters, replicates=replicates)
+        for group in sorted({x["group"] for x, _ in pairs}):
+            idx = [i for i, (x, _) in enumerate(pairs) if x["group"] == group]
+            families[group] = paired_mean_difference([a[i] for i in idx], [b[i] for i in idx],
+                                                     [clusters[i] for i in idx], replicates=replicates)
     else:
         def difference(idx: np.ndarray) -> float:
             return (task.aggregate([pairs[i][0] for i in idx])["score"]
@@ -97,7 +103,7 @@ def paired(task: Task, budget: int, ours: Setting, peer: Setting, records: dict[
     b_, c_ = mcnemar.discordant(a, b) if binary else (None, None)
     return Paired(budget, ours.label, peer.label, test, b_, c_,
                   mcnemar.exact_p(b_, c_) if binary else None,
-                  mcnemar.clustered_p(a, b, clusters) if binary else None)
+                  mcnemar.clustered_p(a, b, clusters) if binary else None, families)
 
 
 def write_results(runs: list[TaskRun], budgets: list[int], out, replicates: int) -> None:
@@ -154,7 +160,10 @@ def _paired_json(p: Paired) -> dict:
             "clusters": p.test.clusters, "mcnemar": {"only_ours_right": p.mcnemar_b, "only_peer_right": p.mcnemar_c,
                                                      "exact_p": p.mcnemar_exact_p,
                                                      "clustered_p": p.mcnemar_clustered_p},
-            "verdict": p.verdict}
+            "verdict": p.verdict,
+            "families": {g: {"difference": f.difference.estimate, "ci95": [f.difference.low, f.difference.high],
+                             "p_bootstrap": f.p_value, "samples": f.samples, "clusters": f.clusters}
+                         for g, f in p.families.items()}}
 
 
 def _task_tables(run: TaskRun, summary: dict, tests: list[Paired], budgets: list[int], relative: dict,
@@ -191,7 +200,7 @@ def _task_tables(run: TaskRun, summary: dict, tests: list[Paired], budgets: list
               "best peer, paired over the same questions; a name only where the paired interval of the difference "
               "excludes 0, \"tie\" otherwise."), ""]
     if tests:
-        lines += _paired_table(tests, show)
+        lines += _paired_table(tests, show) + _paired_family_table(tests, show)
     if run.task.aggregate is metrics.mean_aggregate:
         for k in budgets:
             lines += _family_table(run, k, scale, replicates)
@@ -232,6 +241,25 @@ def _paired_table(tests: list[Paired], show) -> list[str]:
         lines.append(f"| {t.budget} | {t.ours} | {t.peer} | {show(d.estimate)} [{show(d.low)}, {show(d.high)}] | "
                      f"{p(t.test.p_value)} | {counts} | {p(t.mcnemar_exact_p)} | {p(t.mcnemar_clustered_p)} | "
                      f"{t.test.samples} / {t.test.clusters} | {t.verdict} |")
+    return lines + [""]
+
+
+def _paired_family_table(tests: list[Paired], show) -> list[str]:
+    groups = sorted({g for t in tests for g in t.families})
+    if len(groups) < 2:
+        return []
+
+    def cell(t: Paired, g: str) -> str:
+        if g not in t.families:
+            return "-"
+        d = t.families[g].difference
+        mark = "**" if d.low > 0 or d.high < 0 else ""  # the family's paired interval excludes 0
+        return f"{mark}{show(d.estimate)} [{show(d.low)}, {show(d.high)}]{mark}"
+
+    lines = ["Paired per family: ours − best peer on each family's questions (bold: the interval excludes 0).", "",
+             "| K | ours − best peer | " + " | ".join(groups) + " |", "|---:|---|" + "---:|" * len(groups)]
+    for t in tests:
+        lines.append(f"| {t.budget} | {t.ours} − {t.peer} | " + " | ".join(cell(t, g) for g in groups) + " |")
     return lines + [""]
 
 

@@ -161,8 +161,13 @@ def test_a_winner_is_named_only_where_the_paired_interval_excludes_zero(tmp_path
     counts = (wrong, 0) if ours_better else (0, wrong)
     assert (test["mcnemar"]["only_ours_right"], test["mcnemar"]["only_peer_right"]) == counts
     assert test["mcnemar"]["exact_p"] == pytest.approx(2 / 2**wrong)
-    best = "| best | **itg** (+" if ours_better else "| best | **mmr** (itg -"
-    assert best in (out / "table.md").read_text()
+    for family, result in test["families"].items():  # the same comparison on each family's questions alone
+        members = [i for i, s in enumerate(samples) if s.group == family]
+        assert result["difference"] == pytest.approx(sign * sum(i % 3 == 0 for i in members) / len(members))
+    assert test["families"].keys() == {s.group for s in samples}
+    table = (out / "table.md").read_text()
+    assert ("| best | **itg** (+" if ours_better else "| best | **mmr** (itg -") in table
+    assert "| 8 | itg@8 − mmr@8 | " in table  # the per-family paired table
 
 
 def test_split_is_checked_against_the_data(tmp_path, data_dir, capsys):

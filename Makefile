@@ -40,7 +40,7 @@ browser:
 # model (bench/scaled/: fewer requests and budgets, its decode is slow on 2 cores), then the soak (bench/soak.md).
 bench: setup
 	$(PY) -m tokencomp.cli bench serve --out bench/shipped
-	$(PY) -m tokencomp.cli bench serve --scaled --requests 12 --budgets 64 128 --long-tokens 16 --out bench/scaled
+	$(PY) -m tokencomp.cli bench serve --scaled --rounds 3 --requests 8 --budgets 64 128 --long-tokens 0 --out bench/scaled
 	$(PY) -m tokencomp.cli bench soak --out bench
 
 bench-select: setup

@@ -29,25 +29,44 @@ def _numbers(tree) -> list[float]:
 
 
 def test_bench_serve_smoke(model_dir, tmp_path):
-    proc = subprocess.run([*CLI, "serve", "--model", str(model_dir), "--requests", "3", "--concurrency", "2",
-                           "--methods", "itg", "--budgets", "16", "64", "--long-tokens", "3", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run([*CLI, "serve", "--model", str(model_dir), "--rounds", "2", "--requests", "3",
+                           "--concurrency", "2", "--methods", "itg", "--budgets", "16", "64", "--long-tokens", "3",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "serve.json").read_text())["model"]
-    assert set(report["runs"]) == {f"{s}/{v}" for s in ("vanilla", "none", "itg@16", "itg@64") for v in ("short", "long")}
-    for run in report["runs"].values():
-        assert run["requests"] == 3 and run["throughput_rps"] > 0 and run["peak_memory_mib"] > 100
-        assert 0 < run["ttft_p50_s"] <= run["e2e_p50_s"] <= run["e2e_p99_s"]
-    runs = report["runs"]
+    labels = ("vanilla", "none", "first@16", "itg@16", "first@64", "itg@64")
+    assert set(report["runs"]) == {f"{s}/{v}" for s in labels for v in ("short", "long")}
+    for rounds in report["runs"].values():
+        assert len(rounds) == 2  # one run per round
+        for run in rounds:
+            assert run["requests"] == 3 and run["throughput_rps"] > 0 and run["peak_memory_mib"] > 100
+            assert 0 < run["ttft_p50_s"] <= run["e2e_p50_s"] <= run["e2e_p99_s"]
+    runs = {key: rounds[0] for key, rounds in report["runs"].items()}
     assert runs["vanilla/short"]["prompt_tokens"] == runs["none/short"]["prompt_tokens"]  # same model, same prompt
     assert runs["none/short"]["prompt_tokens"] - runs["itg@64/short"]["prompt_tokens"] == 576 - 64
+    assert runs["first@64/short"]["prompt_tokens"] == runs["itg@64/short"]["prompt_tokens"]
     assert runs["itg@64/long"]["completion_tokens"] == 3  # EOS ignored: the long variant answers in full
-    cost = report["cost_model"]
-    assert set(cost["ideal_speedup"]) == {"itg@16", "itg@64"} and all(v > 0 for v in cost["ideal_speedup"].values())
+    summary = report["summary"]
+    assert {"itg@16/short vs oracle", "itg@64/long vs oracle"} <= set(summary)
+    for s in [summary["itg@64/short vs oracle"], summary["none/short"]["throughput"]]:
+        assert 0 < s["low"] <= s["high"] and s["rounds"] == 2
     assert all(math.isfinite(x) for x in _numbers(report))
     table = (tmp_path / "serve.md").read_text()
-    assert "| itg@64 | short |" in table and "achieved / ideal" in table
+    assert "| itg@64 | short |" in table and "Sanity" in table and "× oracle first@K" in table
     assert (tmp_path / "serve_model.png").stat().st_size > 10_000
+
+
+def test_ratio_summary_by_hand():
+    from tokencomp.bench.serve_report import ratio_summary, sanity_verdict
+
+    same = ratio_summary([1.0, 1.0, 1.0])
+    assert same == {"median": 1.0, "low": 1.0, "high": 1.0, "rounds": 3}
+    assert "within ±2 %" in sanity_verdict(same, "throughput")
+    # logs of 2 and 8: mean log 4, sd = ln 4 / sqrt 2, half-width 12.706 * sd / sqrt 2 = 12.706 * ln 2
+    wide = ratio_summary([2.0, 8.0])
+    assert math.isclose(wide["low"], 4 * 2 ** -12.706) and math.isclose(wide["high"], 4 * 2 ** 12.706)
+    assert "more rounds needed" in sanity_verdict(wide, "TTFT p50")
+    assert "lower than vanilla" in sanity_verdict(ratio_summary([0.90, 0.91, 0.92]), "throughput")
 
 
 def test_bench_soak_smoke(model_dir, tmp_path):

@@ -18,7 +18,7 @@ def test_bench_select_prints_a_well_formed_table(tmp_path):
     proc = _run("bench", "select", "--n", "64", "--d", "16", "--k", "8", "16", "--repeats", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "method" not in line]
-    assert len(rows) == 9  # every method but none
+    assert len(rows) == 10  # every method but none
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert all(re.fullmatch(r"\d+\.\d", c) for c in cells[1:]), row
@@ -29,8 +29,8 @@ def test_unknown_method_is_one_clear_line():
     proc = _run("bench", "select", "--methods", "nope")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "tokencomp bench: error: unknown method 'nope'; available: cdpruner, divprune, id_pruner, itg, mmr, none, "
-        "pool, random, visionzip, vispruner"
+        "tokencomp bench: error: unknown method 'nope'; available: cdpruner, divprune, first, id_pruner, itg, mmr, "
+        "none, pool, random, visionzip, vispruner"
     )
 
 

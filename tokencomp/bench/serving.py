@@ -1,17 +1,18 @@
-"""TokenComp vs vanilla vLLM, same model, same server flags, same workload, in one run on one machine.
+"""TokenComp vs vanilla vLLM, same model, same server flags, same workload, interleaved in rounds on one machine.
 
-    tokencomp bench serve [--model DIR] [--scaled] [--requests 24] [--concurrency 4] [--methods id_pruner itg]
-                          [--budgets 32 64 128 192] [--long-tokens 48] [--out bench/shipped]
+    tokencomp bench serve [--model DIR] [--scaled] [--rounds 5] [--requests 16] [--concurrency 4]
+                          [--methods id_pruner itg] [--budgets 32 64 128 192] [--long-tokens 48] [--out DIR]
 
-Vanilla is the same server command with vLLM's plugin loading switched off (VLLM_PLUGINS="") and without
-TokenComp's request middleware, so vLLM's own LLaVA serves it. Each setting answers the same generated requests twice: short answers (at most 8 tokens) and a
-long-answer variant (`--long-tokens`, EOS ignored). Prefix caching is off so that repeating a workload costs
-what it cost the first time. A cost model fitted on the same server gives the ideal speed-up at each budget:
+Two servers run side by side: vanilla (vLLM's plugin loading off, no TokenComp middleware, so vLLM's own LLaVA
+serves) and `tokencomp serve`. Every round runs every setting once — vanilla, `none`, and at each budget K the
+oracle `first@K` (the first K tokens: the same engine at the same K with a zero-cost selection) and each method
+— in an order rotated by one setting per round, so slow drift of the machine falls on every setting alike.
+Each setting answers the same generated requests: short answers, and a long variant (`--long-tokens`, EOS
+ignored). Prefix caching is off so that repeating a workload costs what it cost the first time.
 
-    T(L) = t_vision + t_select + P(L) + t_decode, each the server time per request at the same concurrency,
-    P = quadratic fit over prompt length of text-only prompts; ideal(K) = T_none / T_K;
-    achieved(K) = throughput(K) / throughput(none), the same server with all 576 tokens (the table also gives
-    every setting's ratio to vanilla vLLM)
+Figures per setting are ratios within a round (to vanilla, and for methods to the oracle at the same K), then
+the median over rounds and a 95 % interval (t interval on the log ratios, so it is multiplicative). Sanity
+row: `none` vs vanilla is the same work, so its interval should sit within ±2 %.
 """
 
 from __future__ import annotations
@@ -21,26 +22,23 @@ import asyncio
 import json
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 import tokencomp
 from tokencomp.bench.load import drive, scene_requests
-from tokencomp.bench.selection import measure
 from tokencomp.bench.serve_report import write_report
 from tokencomp.serving.launcher import free_port, running
 from tokencomp.serving.server import DEFAULT_MODEL, ServerConfig
 
 SHORT_TOKENS = 8
-PREFILL_LENGTHS = (16, 96, 192, 320, 448, 576)
-WORDS = ("red", "blue", "green", "circle", "square", "left", "above", "small")  # one token each in the shipped vocab
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="local model directory (default: shipped)")
     parser.add_argument("--scaled", action="store_true",
                         help="bench the scaled model instead: --model's tower + a 0.3 B random LLM, built on first use")
-    parser.add_argument("--requests", type=int, default=24, help="requests per setting and variant")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; every setting runs once per round")
+    parser.add_argument("--requests", type=int, default=16, help="requests per setting, variant and round")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--methods", nargs="+", default=["id_pruner", "itg"])
     parser.add_argument("--budgets", type=int, nargs="+", default=[32, 64, 128, 192])
@@ -51,9 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _validate(args: argparse.Namespace) -> None:
     for m in args.methods:
         tokencomp.methods.get(m)
-    for name in ("requests", "concurrency"):
+    for name in ("rounds", "requests", "concurrency"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.rounds < 2:
+        raise ValueError(f"--rounds must be at least 2 (an interval needs a spread), got {args.rounds}")
     if any(not 1 <= k <= 576 for k in args.budgets):
         raise ValueError(f"--budgets must be in [1, 576], got {args.budgets}")
     if args.long_tokens < 0:
@@ -62,87 +62,52 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--model must be a local model directory; {str(args.model)!r} is not one")
 
 
-def _config(model: Path, *, vanilla: bool = False) -> ServerConfig:
+def settings(methods: list[str], budgets: list[int]) -> list[tuple[str, dict | None]]:
+    """(label, tokencomp spec or None for vanilla) in the order of the first round."""
+    out: list[tuple[str, dict | None]] = [("vanilla", None), ("none", {"method": "none"})]
+    for k in budgets:
+        out += [(f"{m}@{k}", {"method": m, "budget": k}) for m in ("first", *methods)]
+    return out
+
+
+def variants(long_tokens: int) -> list[tuple[str, int, dict]]:
+    out = [("short", SHORT_TOKENS, {})]
+    if long_tokens:
+        out.append(("long", long_tokens, {"ignore_eos": True}))
+    return out
+
+
+def rotated(items: list, round_index: int) -> list:
+    shift = round_index % len(items)
+    return items[shift:] + items[:shift]
+
+
+def _config(model: Path, *, vanilla: bool) -> ServerConfig:
     return ServerConfig(model=str(model), port=free_port(), max_images=1, extra=["--no-enable-prefix-caching"],
                         vanilla=vanilla)
 
 
-def _variants(args) -> list[tuple[str, int, dict]]:
-    out = [("short", SHORT_TOKENS, {})]
-    if args.long_tokens:
-        out.append(("long", args.long_tokens, {"ignore_eos": True}))
-    return out
-
-
-def _workloads(url: str, conversations, settings, args, bar) -> dict:
-    results = {}
-    for label, tc in settings:
-        for variant, max_tokens, extra in _variants(args):
-            body = extra | ({"mm_processor_kwargs": {"tokencomp": tc}} if tc else {})
-            asyncio.run(drive(url, conversations[:2], concurrency=2, max_tokens=2, extra_body=body))  # warm-up
-            results[f"{label}/{variant}"] = asyncio.run(drive(url, conversations, concurrency=args.concurrency,
-                                                              max_tokens=max_tokens, extra_body=body))
-            bar.update()
-    return results
-
-
-def _service_s(url: str, conversations, args, max_tokens: int, body: dict) -> tuple[float, float]:
-    """(seconds of server time per request at the benchmark's concurrency = wall / requests, prompt tokens)."""
-    result = asyncio.run(drive(url, conversations, concurrency=args.concurrency, max_tokens=max_tokens,
-                               extra_body=body))
-    return result["wall_s"] / result["requests"], result["prompt_tokens"]
-
-
-def calibrate(url: str, conversations, args) -> dict:
-    """The cost model's measurements, at the benchmark's concurrency: prefill service time of text-only prompts
-    over their length, and of unpruned image requests answering one token."""
-    points = []
-    for length in PREFILL_LENGTHS:
-        texts = [[{"role": "user", "content": " ".join(WORDS[(i + r) % len(WORDS)] for i in range(length))}]
-                 for r in range(len(conversations))]
-        seconds, tokens = _service_s(url, texts, args, 1, {})
-        points.append((tokens, seconds))
-    image_s, full = _service_s(url, conversations, args, 1, {"mm_processor_kwargs": {"tokencomp": {"method": "none"}}})
-    return {"prefill_points": points, "image_one_token_s": image_s, "full_prompt_tokens": full}
-
-
-def cost_model(calibration: dict, none_short_s: float, text_width: int, methods: list[str], budgets: list[int],
-               prompt_at: dict) -> dict:
-    """P(L) = quadratic fit of the text-only points; t_vision = image request (1 token) - P(L_full);
-    t_decode = short-answer request - 1-token request; t_select timed in-process like `bench select`.
-    ideal(K) = (t_vision + P(L_full) + t_decode) / (t_vision + t_select + P(L_K) + t_decode)."""
-    lengths, times = zip(*calibration["prefill_points"])
-    coef = np.polyfit(lengths, times, 2)
-    prefill = lambda n: float(np.polyval(coef, n))
-    t_full = calibration["image_one_token_s"]
-    t_vision = max(0.0, t_full - prefill(calibration["full_prompt_tokens"]))
-    t_decode = max(0.0, none_short_s - t_full)
-    ideal, select = {}, {}
-    for m in methods:
-        for k in budgets:
-            key = f"{m}@{k}"
-            select[key] = measure(m, 576, text_width, k, repeats=3) / 1000
-            ideal[key] = (t_full + t_decode) / (t_vision + select[key] + prefill(prompt_at[key]) + t_decode)
-    return {"prefill_fit": [float(c) for c in coef[::-1]], "prefill_points": calibration["prefill_points"],
-            "t_vision_s": t_vision, "t_decode_s": t_decode, "t_select_s": select, "ideal_speedup": ideal}
-
-
 def bench_model(model: Path, args, bar) -> dict:
     conversations = scene_requests(args.requests)
-    settings = [("none", {"method": "none"})] + [
-        (f"{m}@{k}", {"method": m, "budget": k}) for m in args.methods for k in args.budgets]
-    config = _config(model, vanilla=True)
-    with running(config, log=args.out / "logs" / f"{model.name}-vanilla.log") as url:
-        vanilla = _workloads(url, conversations, [("vanilla", None)], args, bar)
-    config = _config(model)
-    with running(config, log=args.out / "logs" / f"{model.name}-tokencomp.log") as url:
-        runs = _workloads(url, conversations, settings, args, bar)
-        calibration = calibrate(url, conversations, args)
-    text_width = json.loads((model / "config.json").read_text())["text_config"]["hidden_size"]
-    prompt_at = {label: runs[f"{label}/short"]["prompt_tokens"] for label, _ in settings}
-    none_short_s = runs["none/short"]["wall_s"] / runs["none/short"]["requests"]
-    costs = cost_model(calibration, none_short_s, text_width, args.methods, args.budgets, prompt_at)
-    return {"runs": vanilla | runs, "cost_model": costs}
+    plan = settings(args.methods, args.budgets)
+    runs: dict[str, list[dict]] = {}
+    logs = args.out / "logs"
+    with running(_config(model, vanilla=True), log=logs / f"{model.name}-vanilla.log") as vanilla_url, \
+            running(_config(model, vanilla=False), log=logs / f"{model.name}-tokencomp.log") as tokencomp_url:
+        def workload(tc: dict | None, max_tokens: int, extra: dict, batch) -> dict:
+            url = vanilla_url if tc is None else tokencomp_url
+            body = extra | ({"mm_processor_kwargs": {"tokencomp": tc}} if tc else {})
+            return asyncio.run(drive(url, batch, concurrency=args.concurrency, max_tokens=max_tokens,
+                                     extra_body=body))
+
+        for _, tc in plan:  # warm-up: each setting's first requests allocate its working memory
+            workload(tc, 2, {}, conversations[:2])
+        for r in range(args.rounds):
+            for label, tc in rotated(plan, r):
+                for variant, max_tokens, extra in variants(args.long_tokens):
+                    runs.setdefault(f"{label}/{variant}", []).append(workload(tc, max_tokens, extra, conversations))
+                    bar.update()
+    return {"runs": runs}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,11 +118,12 @@ def run(args: argparse.Namespace) -> int:
         from tokencomp.bench.scaled_model import build_scaled
 
         models = [build_scaled(args.model, Path.home() / ".cache" / "tokencomp" / "scaled-llava-0.3b")]
-    n_runs = len(models) * (2 + len(args.methods) * len(args.budgets)) * len(_variants(args))
+    total = len(models) * args.rounds * len(settings(args.methods, args.budgets)) * len(variants(args.long_tokens))
     report = {}
-    with tqdm(total=n_runs, desc="bench serve") as bar:
+    with tqdm(total=total, desc="bench serve (setting x variant x round)") as bar:
         for model in models:
             report[model.name] = bench_model(model, args, bar)
+    text = write_report(report, args)  # adds each model's summary to the report
     (args.out / "serve.json").write_text(json.dumps(report, indent=1))
-    print(write_report(report, args))
+    print(text)
     return 0

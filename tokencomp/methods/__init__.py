@@ -58,6 +58,7 @@ def get(name: str) -> Method:
 from tokencomp.methods import (  # noqa: F401 - importing a module registers its method
     cdpruner,
     divprune,
+    first,
     id_pruner,
     itg,
     mmr,

@@ -23,11 +23,13 @@ def vision_signals(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> tuple[to
 
 
 def compress_image(tokens: torch.Tensor, spec: Spec, *, cls_attn: torch.Tensor, keys: torch.Tensor,
-                   grid: tuple[int, int], text: torch.Tensor | None) -> Compressed:
-    """Apply `spec` to one image's projected tokens [N, D]; `text` [T, D] is used only when the spec reads it."""
+                   features: torch.Tensor, grid: tuple[int, int], text: torch.Tensor | None) -> Compressed:
+    """Apply `spec` to one image's projected tokens [N, D]; `features` [N, Dv] are the same patches before the
+    projector (methods that compare patches there, as VisPruner's released code does, read them); `text` [T, D]
+    is used only when the spec reads it."""
     if spec.method == "none":
-        return Compressed(tokens=tokens, index=torch.arange(tokens.shape[0]))
-    signals = {"cls_attn": cls_attn, "keys": keys, "grid": grid, "seed": spec.seed}
+        return Compressed(tokens=tokens, index=torch.arange(tokens.shape[0], device=tokens.device))
+    signals = {"cls_attn": cls_attn, "keys": keys, "features": features, "grid": grid, "seed": spec.seed}
     if spec.uses_text():
         signals["text"] = text
     return tokencomp.compress(tokens, spec.budget, spec.method, **signals, **spec.options)

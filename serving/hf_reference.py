@@ -28,10 +28,12 @@ def compress_pixels(model, pixel_values: torch.Tensor, spec: Spec, text_ids: tor
     layer = tower.encoder.layers[layer_idx]
     q, k = qk_from_hf_clip_layer(layer, hidden[layer_idx - 1][0])
     cls_attn, keys = vision_signals(q, k, layer.self_attn.num_heads)
-    projected = model.model.multi_modal_projector(hidden[layer_idx][:, 1:])[0]
+    features = hidden[layer_idx][:, 1:]
+    projected = model.model.multi_modal_projector(features)[0]
     side = config.vision_config.image_size // config.vision_config.patch_size
     text = model.get_input_embeddings()(text_ids) if spec.uses_text() else None
-    return compress_image(projected, spec, cls_attn=cls_attn, keys=keys, grid=(side, side), text=text)
+    return compress_image(projected, spec, cls_attn=cls_attn, keys=keys, features=features[0], grid=(side, side),
+                          text=text)
 
 
 @dataclass

@@ -72,11 +72,3 @@ def test_generated_tokens_differ_from_selection_at_default_tau():
     x, attn = _clustered(0.3)
     itg = tokencomp.compress(x, 24, "itg", cls_attn=attn)
     assert not torch.allclose(itg.tokens, x[itg.index], atol=1e-3)
-
-
-def test_faiss_assignment_equals_dense_assignment():
-    x, attn = _clustered(0.3)
-    dense = tokencomp.compress(x, 32, "itg", cls_attn=attn)
-    via_faiss = tokencomp.compress(x, 32, "itg", cls_attn=attn, faiss_min_tokens=1)
-    assert torch.equal(dense.assignment, via_faiss.assignment)
-    assert torch.allclose(dense.tokens, via_faiss.tokens, atol=1e-5)

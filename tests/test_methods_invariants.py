@@ -11,13 +11,21 @@ from tests.helpers import make_signals
 
 METHODS = [m for m in tokencomp.methods.available() if m != "none"]
 N, D = 64, 16  # an 8x8 grid
+# every method runs on the tokens' device; CUDA is exercised wherever it exists (CPU-only CI runs "cpu")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def _on(device: str, tokens: torch.Tensor, sig: dict) -> tuple[torch.Tensor, dict]:
+    return tokens.to(device), {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sig.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("k", [1, 7, 16, 63])
-def test_exact_count_unique_sorted_indices(method, k):
-    tokens, sig = make_signals(N, D)
+def test_exact_count_unique_sorted_indices(method, k, device):
+    tokens, sig = _on(device, *make_signals(N, D))
     out = tokencomp.compress(tokens, k, method, **sig)
+    assert out.tokens.device == tokens.device and out.index.device == tokens.device
     assert out.tokens.shape == (k, D)
     assert out.index.shape == (k,) and out.index.dtype == torch.long
     assert torch.all(out.index[1:] > out.index[:-1]), "indices must be unique and in original order"
@@ -27,23 +35,25 @@ def test_exact_count_unique_sorted_indices(method, k):
         a = out.assignment
         assert a.shape == (N,) and int(a.min()) >= -1 and int(a.max()) < k
         assert set(a[a >= 0].tolist()) == set(range(k)), "every output row is fed by some input token"
-        assert torch.equal(a[out.index], torch.arange(k)), "each output's anchor feeds it"
+        assert torch.equal(a[out.index].cpu(), torch.arange(k)), "each output's anchor feeds it"
     else:
         assert out.assignment is None
         assert torch.equal(out.tokens, tokens[out.index]), "selection returns the input rows"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", tokencomp.methods.available())
 @pytest.mark.parametrize("k", [N, N + 1, 10_000])
-def test_budget_at_least_n_is_identity(method, k):
-    tokens, sig = make_signals(N, D)
+def test_budget_at_least_n_is_identity(method, k, device):
+    tokens, sig = _on(device, *make_signals(N, D))
     out = tokencomp.compress(tokens, k, method, **sig)
-    assert torch.equal(out.tokens, tokens) and torch.equal(out.index, torch.arange(N))
+    assert torch.equal(out.tokens, tokens) and torch.equal(out.index.cpu(), torch.arange(N))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
-def test_deterministic(method):
-    tokens, sig = make_signals(N, D)
+def test_deterministic(method, device):
+    tokens, sig = _on(device, *make_signals(N, D))
     a = tokencomp.compress(tokens, 12, method, **sig)
     b = tokencomp.compress(tokens.clone(), 12, method, **sig)
     assert torch.equal(a.index, b.index) and torch.equal(a.tokens, b.tokens)
@@ -68,9 +78,10 @@ def test_batched_equals_per_item(method):
         assert torch.allclose(out.tokens[b], one.tokens)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
-def test_bfloat16_input(method):
-    tokens, sig = make_signals(N, D)
+def test_bfloat16_input(method, device):
+    tokens, sig = _on(device, *make_signals(N, D))
     out = tokencomp.compress(tokens.bfloat16(), 16, method, **sig)
     assert out.tokens.dtype == torch.bfloat16 and out.tokens.shape == (16, D)
     assert torch.all(out.index[1:] > out.index[:-1])
@@ -100,12 +111,13 @@ def test_numpy_integer_budget_is_accepted():
 @pytest.mark.parametrize(
     "method, missing",
     [("id_pruner", "cls_attn"), ("itg", "cls_attn"), ("mmr", "cls_attn"), ("visionzip", "cls_attn"),
-     ("vispruner", "cls_attn"), ("cdpruner", "text")],
+     ("vispruner", "cls_attn"), ("cdpruner", "text"), ("visionzip", "keys")],
 )
 def test_missing_signal_is_named(method, missing):
-    tokens, _ = make_signals(N, D)
+    tokens, sig = make_signals(N, D)
+    given = {k: v for k, v in sig.items() if k == "cls_attn" and missing != "cls_attn"}
     with pytest.raises(ValueError, match=missing):
-        tokencomp.compress(tokens, 8, method)
+        tokencomp.compress(tokens, 8, method, **given)
 
 
 def test_pool_needs_grid_for_non_square_n():

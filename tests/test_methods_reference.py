@@ -57,17 +57,37 @@ def test_greedy_dpp_matches_naive_logdet(seed):
 def test_cdpruner_uses_min_max_text_relevance_kernel():
     tokens, sig = make_signals(16, 24, seed=3)
     text = sig["text"]
-    rel = _minmax((_cos(torch.cat([tokens, text]))[:16, 16:]).mean(axis=1))
+    mean_cos = (_cos(torch.cat([tokens, text]))[:16, 16:]).mean(axis=1)
+    # the released normalisation: (x - min + 1e-6) / (max - min), without the released negation (see docstring)
+    rel = (mean_cos - mean_cos.min() + 1e-6) / (mean_cos.max() - mean_cos.min())
     kernel = rel[:, None] * _cos(tokens) * rel[None, :]
     expected = sorted(_naive_logdet_greedy(kernel, 6))
     assert tokencomp.compress(tokens, 6, "cdpruner", text=text).index.tolist() == expected
 
 
-def test_greedy_dpp_fills_by_diagonal_once_rank_is_exhausted():
-    x = torch.randn(10, 3)  # rank 3
+def test_greedy_dpp_runs_to_full_depth_on_faint_relevance():
+    # the released code's distinctive step: K picks by the DPP itself, with no guard that stops once gains fall
+    # below a threshold. Relevance spans 1 .. 1e-3, so late gains are ~1e-6 of the first (a 1e-5 relative guard
+    # stopped here early and filled the rest by relevance); the full-depth greedy equals the float64 log-det
+    # greedy at every one of the 30 picks. Tokens sit in 5 tight clusters, so relevance alone keeps duplicates.
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(5, 64, generator=g)[torch.arange(40) % 5] + 0.2 * torch.randn(40, 64, generator=g)
+    r = torch.logspace(0, -3, 40)[torch.randperm(40, generator=g)]
+    kernel = r[:, None] * torch.from_numpy(_cos(x)).float() * r[None, :]
+    picks = greedy_map_dpp(kernel, 30).tolist()
+    reference = kernel.double().numpy()
+    assert picks == _naive_logdet_greedy(reference, 30)
+    last_gain = np.exp(np.linalg.slogdet(reference[np.ix_(picks, picks)])[1]
+                       - np.linalg.slogdet(reference[np.ix_(picks[:-1], picks[:-1])])[1])
+    assert last_gain < 1e-5 * reference.diagonal().max(), "a 1e-5 relative guard would have stopped before"
+
+
+def test_greedy_dpp_stays_finite_past_the_kernel_rank():
+    x = torch.randn(10, 3)  # rank 3: picks 4..6 have residuals of pure rounding
     kernel = torch.from_numpy(_cos(x)).float()
     picks = greedy_map_dpp(kernel, 6)
     assert len(set(picks.tolist())) == 6
+    assert picks[:3].tolist() == _naive_logdet_greedy(kernel.double().numpy(), 3)
 
 
 # --- DivPrune: running-min farthest point == naive pairwise loop --------------------------------------------------
@@ -118,9 +138,9 @@ def test_mmr_matches_naive_loop(lam):
 # --- ID-Pruner: objective, lazy greedy == greedy, (1 - 1/e) bound ---------------------------------------------------
 
 
-def _problem(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _problem(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     tokens, sig = make_signals(n, 6, seed=seed)
-    return np.clip(_cos(tokens), 0, None).astype(np.float32), _minmax(sig["cls_attn"].numpy())
+    return torch.from_numpy(_cos(tokens)).clamp(min=0), torch.from_numpy(_minmax(sig["cls_attn"].double().numpy()))
 
 
 def _naive_greedy(sim, r, k, alpha) -> list[int]:
@@ -134,8 +154,8 @@ def _naive_greedy(sim, r, k, alpha) -> list[int]:
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.9])
 def test_lazy_greedy_equals_naive_greedy(seed, alpha):
-    sim, r = _problem(40, seed)
-    assert select_by_coverage(sim, r, 10, alpha) == _naive_greedy(sim, r, 10, alpha)
+    sim, r = _problem(40, seed)  # float64 reference; the method runs in float32
+    assert select_by_coverage(sim.float(), r.float(), 10, alpha).tolist() == _naive_greedy(sim, r, 10, alpha)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -151,7 +171,7 @@ def test_objective_is_monotone_and_greedy_is_within_1_minus_1_over_e(seed):
             if extra not in subset and len(subset) < k:
                 assert values[tuple(sorted(subset + (extra,)))] >= value - 1e-9
     optimum = max(v for s, v in values.items() if len(s) == k)
-    greedy = objective(sim, r, select_by_coverage(sim, r, k, alpha), k, alpha)
+    greedy = objective(sim, r, select_by_coverage(sim.float(), r.float(), k, alpha).tolist(), k, alpha)
     assert greedy >= (1 - 1 / math.e) * optimum
 
 
@@ -160,11 +180,11 @@ def test_id_pruner_spends_rho_k_on_top_importance_then_coverage():
     r = torch.from_numpy(_minmax(sig["cls_attn"].numpy()))
     rho = 0.5
     out = tokencomp.compress(tokens, 16, "id_pruner", cls_attn=sig["cls_attn"], rho=rho)
-    top = set(torch.sort(r, descending=True, stable=True).indices[:8].tolist())
-    assert top <= set(out.index.tolist())
-    sim = np.clip(_cos(tokens), 0, None).astype(np.float32)
-    rest = select_by_coverage(sim, r.float().numpy(), 16, 0.5, preselected=sorted(top, key=lambda i: -r[i]))
-    assert out.index.tolist() == sorted(rest)
+    top = torch.sort(r, descending=True, stable=True).indices[:8]
+    assert set(top.tolist()) <= set(out.index.tolist())
+    sim = torch.from_numpy(_cos(tokens)).float()
+    rest = select_by_coverage(sim, r.float(), 16, 0.5, preselected=top)
+    assert out.index.tolist() == sorted(rest.tolist())
 
 
 def test_id_pruner_text_and_cls_importance_are_mixed():
@@ -206,21 +226,42 @@ def test_visionzip_matches_hand_rolled_merge():
         assert (out.assignment[members] == slot).all()
 
 
-def test_vispruner_matches_naive_dedup():
+def _naive_vispruner(attn: list[float], feats: torch.Tensor, k: int) -> list[int]:
+    """The released rounds written as plain loops: floor(K / 2) by attention, then the rest in descending-attention
+    order, even positions scored by max cosine to odd ones, the top min(8, excess) evens dropped, survivors in
+    descending-score order followed by the odds."""
+    s = _cos(feats)
+    order = sorted(range(len(attn)), key=lambda i: (-attn[i], i))
+    n_imp = k // 2
+    residual = order[n_imp:]
+    while len(residual) > k - n_imp:
+        drop = min(8, len(residual) - (k - n_imp))
+        even, odd = residual[0::2], residual[1::2]
+        dup = {e: max(s[e][o] for o in odd) for e in even}
+        ranked = sorted(range(len(even)), key=lambda i: (-dup[even[i]], i))
+        residual = [even[i] for i in ranked[drop:]] + odd
+    return order[:n_imp] + residual
+
+
+@pytest.mark.parametrize("k", [20, 21, 40])
+def test_vispruner_matches_the_released_rounds(k):
     tokens, sig = make_signals(64, 8, seed=6)
-    k = 20
-    attn = sig["cls_attn"].numpy()
-    important = list(np.argsort(-attn, kind="stable")[:10])
-    remain = sorted(set(range(64)) - set(important))
-    s = _cos(tokens)
-    while len(remain) > k - 10:
-        even, odd = remain[0::2], remain[1::2]
-        dup = [max(s[e][o] for o in odd) for e in even]
-        drop = min(8, len(remain) - (k - 10))
-        victims = {even[i] for i in sorted(range(len(even)), key=lambda i: (-dup[i], i))[:drop]}
-        remain = [i for i in remain if i not in victims]
-    out = tokencomp.compress(tokens, k, "vispruner", cls_attn=sig["cls_attn"])
-    assert out.index.tolist() == sorted(important + remain)
+    feats = torch.randn(64, 12, generator=torch.Generator().manual_seed(3))  # pre-projector features
+    expected = _naive_vispruner(sig["cls_attn"].tolist(), feats, k)
+    out = tokencomp.compress(tokens, k, "vispruner", cls_attn=sig["cls_attn"], features=feats)
+    assert out.index.tolist() == sorted(expected)
+    assert tokencomp.compress(tokens, k, "vispruner", cls_attn=sig["cls_attn"]).index.tolist() == sorted(
+        _naive_vispruner(sig["cls_attn"].tolist(), tokens, k)), "without features: the tokens' own cosines"
+
+
+def test_vispruner_splits_in_descending_attention_order_not_spatial_order():
+    # four tokens left after the important one (0) and one to drop. Attention order 4, 1, 3, 2 makes 4 and 3 the
+    # evens, 1 and 2 the odds: token 3 (cosine 0.8 to token 2) goes, and the exact duplicates 1 and 2 both stay.
+    # Spatial order would make 1 and 3 the evens and drop token 1 (cosine 1 to token 2): kept 0, 2, 3, 4.
+    feats = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 1, 0], [0.6, 0.8, 0], [0, 0, 1]])
+    attn = torch.tensor([0.5, 0.2, 0.05, 0.1, 0.3])
+    out = tokencomp.compress(torch.randn(5, 4), 4, "vispruner", cls_attn=attn, features=feats, important_ratio=0.25)
+    assert out.index.tolist() == [0, 1, 2, 4]
 
 
 def test_pool_64_of_24x24_is_a_3x3_average_pool():

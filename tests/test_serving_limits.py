@@ -29,8 +29,6 @@ def _error(raw: dict) -> spec.SpecError:
     ({"method": "itg", "budget": 8, "options": {"tau": 0}}, f"{P}.options.tau", "tau must be > 0"),
     ({"method": "itg", "budget": 8, "options": {"tau": float("inf")}}, f"{P}.options.tau", "finite number"),
     ({"method": "itg", "budget": 8, "options": {"restore_norm": 1}}, f"{P}.options.restore_norm", "true or false"),
-    ({"method": "itg", "budget": 8, "options": {"faiss_min_tokens": 2.5}}, f"{P}.options.faiss_min_tokens",
-     "an integer"),
     ({"method": "mmr", "budget": 8, "options": {"lam": 3}}, f"{P}.options.lam", "lam must be in [0, 1]"),
     ({"method": "pool", "budget": 8, "options": {"tau": 1}}, f"{P}.options.tau", "this method takes no options"),
     ({"method": "none", "budget": 8}, f"{P}.budget", "does not apply to method 'none'"),
@@ -41,13 +39,12 @@ def test_bad_options_name_the_option_and_why(raw, field, words):
 
 
 def test_boolean_and_null_options_are_accepted_and_survive_the_trip_to_the_engine():
-    parsed = spec.parse({"method": "itg", "budget": 8, "options": {"restore_norm": False, "rho": None,
-                                                                   "faiss_min_tokens": 1}}, max_budget=576)
-    assert parsed.options == {"restore_norm": False, "faiss_min_tokens": 1}
+    parsed = spec.parse({"method": "itg", "budget": 8, "options": {"restore_norm": False, "rho": None}},
+                        max_budget=576)
+    assert parsed.options == {"restore_norm": False}
     rows = spec.encode(parsed, 2)
     decoded = spec.decode(rows["tc_spec"][1], rows["tc_options"][1])
     assert decoded == parsed and type(decoded.options["restore_norm"]) is bool
-    assert type(decoded.options["faiss_min_tokens"]) is int
 
 
 def test_server_default_budget_does_not_leak_into_a_request_for_none():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 import torch
@@ -9,7 +10,7 @@ import torch
 from tokencomp import methods
 from tokencomp.base import Compressed, Signals
 
-_PER_ITEM_SIGNALS = ("cls_attn", "text", "keys", "importance")
+_PER_ITEM_SIGNALS = ("cls_attn", "text", "keys", "features", "importance")
 
 
 def check_budget(budget: object) -> int:
@@ -71,8 +72,10 @@ def _compress_one(spec: methods.Method, tokens: torch.Tensor, k: int | None, sig
     _check_signal_shapes(signals, n)
     if k is None or k >= n or spec.name == "none":
         # Nothing to drop: the input itself, whatever signals were (not) given.
-        return Compressed(tokens=tokens, index=torch.arange(n), assignment=None)
-    out = spec.fn(tokens, k, signals, **options)
+        return Compressed(tokens=tokens, index=torch.arange(n, device=tokens.device), assignment=None)
+    # signals join the tokens' device (a no-op when they are already there), so methods never mix devices
+    moved = {key: getattr(signals, key).to(tokens.device) for key in _PER_ITEM_SIGNALS if getattr(signals, key) is not None}
+    out = spec.fn(tokens, k, dataclasses.replace(signals, **moved), **options)
     if out.tokens.shape != (k, tokens.shape[1]) or out.index.shape != (k,):
         raise RuntimeError(f"method {spec.name!r} returned {tuple(out.tokens.shape)} tokens for budget {k}")
     return Compressed(tokens=out.tokens.to(tokens.dtype), index=out.index, assignment=out.assignment)
@@ -83,8 +86,10 @@ def _check_signal_shapes(signals: Signals, n: int) -> None:
         value = getattr(signals, key)
         if value is not None and tuple(value.shape) != (n,):
             raise ValueError(f"{key} must have shape [{n}] (one value per token), got {tuple(value.shape)}")
-    if signals.keys is not None and (signals.keys.ndim != 2 or signals.keys.shape[0] != n):
-        raise ValueError(f"keys must have shape [{n}, Dk], got {tuple(signals.keys.shape)}")
+    for key, width in (("keys", "Dk"), ("features", "Dv")):
+        value = getattr(signals, key)
+        if value is not None and (value.ndim != 2 or value.shape[0] != n):
+            raise ValueError(f"{key} must have shape [{n}, {width}], got {tuple(value.shape)}")
     if signals.grid is not None:
         h, w = signals.grid
         if h * w != n:

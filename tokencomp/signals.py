@@ -47,10 +47,11 @@ def qk_from_fused_qkv(layer: torch.nn.Module, hidden: torch.Tensor) -> tuple[tor
 
 
 def text_relevance(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Mean cosine between each visual token [N, D] and the instruction's token embeddings [T, D] -> [N] float32."""
+    """Mean cosine between each visual token [N, D] and the instruction's token embeddings [T, D] -> [N] float32,
+    on the tokens' device."""
     if text.ndim != 2 or text.shape[-1] != tokens.shape[-1] or text.shape[0] == 0:
         raise ValueError(f"text must be [T, {tokens.shape[-1]}] with T >= 1, got {tuple(text.shape)}")
-    return cosine_matrix(tokens, text).mean(dim=1).float()
+    return cosine_matrix(tokens, text).mean(dim=1)
 
 
 def feature_norm(tokens: torch.Tensor) -> torch.Tensor:

@@ -1,56 +1,63 @@
-"""CDPruner (Zhang et al., NeurIPS 2025): conditional DPP over the visual tokens.
+"""CDPruner (Zhang et al., NeurIPS 2025): conditional DPP over the visual tokens, as in the authors' released code.
 
-Similarity L = cosine between tokens; relevance r = min-max normalised mean cosine between each token and the
-instruction's embeddings; conditional kernel L~ = diag(r) L diag(r). Greedy MAP inference of the DPP (maximise
-log det L~_S) by incremental Cholesky updates (Chen et al., NeurIPS 2018): O(N K^2).
+Similarity L = cosine between the (projected) tokens; relevance r = mean cosine between each token and the
+instruction's embeddings, min-max normalised with the released code's +1e-6 offset (so the least relevant token
+keeps a non-zero diagonal); conditional kernel L~ = diag(r) L diag(r). Greedy MAP inference of the DPP (maximise
+log det L~_S) by incremental Cholesky updates (Chen et al., NeurIPS 2018), run for all K picks: O(N K^2).
+
+Two readings, stated:
+- Sign of the relevance. The released LLaVA code negates the mean cosine before normalising. That code scores
+  CLIP image embeddings against CLIP text embeddings of the question, a joint space where the authors found
+  patch embeddings anti-aligned with matching text; the paper's equation has no negation. Our relevance comes
+  from the LLM's own input embeddings of the question (the released code's route for models without a CLIP text
+  tower), a space with no such inversion, so we follow the paper: more similar means more relevant.
+- Depth. The released loop has no rank guard: it picks K tokens by the largest Cholesky residual. Ours does the
+  same; the only deviation is that a pick whose residual is not positive (rank exhausted, residual pure rounding)
+  updates nothing instead of dividing by the square root of a non-positive number (NaN in the released code).
 """
 
 from __future__ import annotations
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, first_max, minmax, selected, tolerant_order
+from tokencomp.base import Compressed, Signals, cosine_matrix, selected
 from tokencomp.methods import register
 from tokencomp.signals import text_relevance
 
-# relative to the largest diagonal entry: gains below this add no volume (float32 cosines of duplicate patches
-# leave residuals ~1e-7), and gains closer than this are ties, broken by the lowest index
-_TOL = 1e-5
+_RELEVANCE_OFFSET = 1e-6  # the released code's offset in its min-max normalisation
 
 
 def greedy_map_dpp(kernel: torch.Tensor, k: int) -> torch.Tensor:
-    """K indices in pick order maximising log det greedily for a PSD kernel [N, N].
+    """K indices [K] in pick order maximising log det greedily for a PSD kernel [N, N] (float32, any device).
 
-    d2_i is the squared Cholesky residual of candidate i given the picks (= gain exp(log det change)); once no
-    candidate adds volume (rank exhausted) the remaining slots go to the largest diagonal entries.
-    """
+    d2_i is the squared Cholesky residual of candidate i given the picks (the factor by which picking i multiplies
+    det L~_S); each step is an argmax and a [t, N] product, on the kernel's device."""
     n = kernel.shape[0]
-    kernel = kernel.double()
     d2 = torch.diagonal(kernel).clone()
-    rows = torch.zeros(k, n, dtype=torch.float64)
-    picked = torch.zeros(n, dtype=torch.bool)
-    picks: list[int] = []
-    tol = _TOL * float(d2.max())
+    rows = torch.zeros(k, n, dtype=kernel.dtype, device=kernel.device)
+    picks = torch.empty(k, dtype=torch.long, device=kernel.device)
     for t in range(k):
-        d2_free = d2.masked_fill(picked, -torch.inf)
-        j = first_max(d2_free, tol)
-        if d2_free[j] <= tol:
-            break
-        e = (kernel[j] - rows[:t, j] @ rows[:t]) / d2[j].sqrt()
+        j = torch.argmax(d2)
+        picks[t] = j
+        scale = torch.where(d2[j] > 0, d2[j].clamp_min(torch.finfo(d2.dtype).tiny).rsqrt(), 0.0)
+        e = (kernel[j] - rows[:t, j] @ rows[:t]) * scale
         rows[t] = e
-        d2 = d2 - e * e
-        picks.append(j)
-        picked[j] = True
-    if len(picks) < k:
-        diag = torch.diagonal(kernel).masked_fill(picked, -torch.inf)
-        picks += tolerant_order(diag, tol)[: k - len(picks)].tolist()
-    return torch.tensor(picks, dtype=torch.long)
+        d2 -= e * e
+        d2[j] = -torch.inf
+    return picks
+
+
+def relevance_scores(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """r [N] in (0, 1]: mean token-text cosine, min-max normalised with the released code's offset."""
+    rel = text_relevance(tokens, text)
+    low, span = rel.min(), rel.max() - rel.min()
+    return (rel - low + _RELEVANCE_OFFSET) / span.clamp_min(_RELEVANCE_OFFSET)
 
 
 @register("cdpruner", uses=("text",))
 def cdpruner(tokens: torch.Tensor, k: int, signals: Signals) -> Compressed:
     if signals.text is None:
         raise ValueError("method 'cdpruner' needs text [T, D] (the instruction's token embeddings)")
-    relevance = minmax(text_relevance(tokens, signals.text))
+    relevance = relevance_scores(tokens, signals.text)
     kernel = relevance[:, None] * cosine_matrix(tokens) * relevance[None, :]
     return selected(tokens, greedy_map_dpp(kernel, k))

@@ -4,25 +4,24 @@ Objective over a kept set S of size K, with r in [0, 1] and s_uv = max(0, cos(v_
 
     F(S) = alpha / K * sum_{i in S} r_i  +  (1 - alpha) / N * sum_u max_{j in S} s_uj
 
-Both terms are monotone submodular, so greedy is a (1 - 1/e) approximation, and lazy greedy finds the same set
-with far fewer gain evaluations. Disentangled schedule: the first ceil(rho K) slots go to the most important
+Both terms are monotone submodular, so plain greedy on F has the (1 - 1/e) guarantee; the disentangled schedule
+below forces the first ceil(rho K) picks by importance, which voids that guarantee for the whole set (greedy
+then only maximises F's gain given those picks). Schedule: the first ceil(rho K) slots go to the most important
 tokens, the rest to greedy F-gain; rho shrinks with K/N because diversity matters more under tight budgets.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 
-import numpy as np
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, selected, tolerant_order
+from tokencomp.base import Compressed, Signals, cosine_matrix, descending, selected
 from tokencomp.methods import register
 from tokencomp.signals import resolve_importance
 
 RHO_MIN, RHO_MAX = 0.25, 1.0
-_TOL = 1e-6  # ties: gains or importances this close (relative to their scale) rank by index
+_FIRST_BATCH = 16  # candidates whose gains are refreshed per lazy-greedy round (doubled when not enough)
 
 
 def rho_schedule(k: int, n: int) -> float:
@@ -30,71 +29,74 @@ def rho_schedule(k: int, n: int) -> float:
     return RHO_MIN + (RHO_MAX - RHO_MIN) * math.sqrt(min(k, n) / n)
 
 
-def objective(sim: np.ndarray, importance: np.ndarray, subset: list[int], k: int, alpha: float) -> float:
-    """F(S) for a subset (list of indices); sim [N, N] already clamped at 0."""
+def objective(sim: torch.Tensor, importance: torch.Tensor, subset: list[int], k: int, alpha: float) -> float:
+    """F(S) for a subset (list of indices); sim [N, N] already clamped at 0, importance [N]."""
     n = sim.shape[0]
     if not subset:
         return 0.0
-    coverage = sim[:, subset].max(axis=1).sum()
+    coverage = sim[:, subset].max(dim=1).values.sum()
     return float(alpha / k * importance[subset].sum() + (1 - alpha) / n * coverage)
 
 
-def select_by_coverage(
-    sim: np.ndarray, importance: np.ndarray, k: int, alpha: float, preselected: list[int] | None = None
-) -> list[int]:
-    """Lazy greedy on F: extend `preselected` to k indices, in pick order.
+def select_by_coverage(sim: torch.Tensor, importance: torch.Tensor, k: int, alpha: float,
+                       preselected: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy on F: extend `preselected` [P] to k indices [k], in pick order, on sim's device.
 
-    sim [N, N] symmetric, clamped at 0; importance [N] in [0, 1]. Gains only shrink as S grows (submodularity),
-    so a stale gain is an upper bound: refresh bounds from the top until none left stale can reach the best
-    fresh gain. Gains within _TOL of the best are ties and the lowest index wins, so duplicate patches are
-    picked the same way whatever float noise the engine adds.
+    sim [N, N] symmetric cosines (clamping at 0 is implied: coverage starts at 0), importance [N] in [0, 1].
+    Lazy greedy as whole-tensor work: gains only shrink as S grows (submodularity), so a stale gain bounds the
+    fresh one; each round refreshes the gains of the top candidates by bound ([N, m] work) and picks the best
+    once it beats every bound left stale. Equal gains go to the lowest index, as in plain greedy.
     """
     n = sim.shape[0]
-    picks = list(preselected or [])
-    cover = sim[:, picks].max(axis=1) if picks else np.zeros(n, dtype=sim.dtype)
+    device = sim.device
+    picks = torch.empty(k, dtype=torch.long, device=device)
+    p = 0 if preselected is None else len(preselected)
+    cover = torch.zeros(n, dtype=sim.dtype, device=device)
+    taken = torch.zeros(n, dtype=torch.bool, device=device)
+    if p:
+        picks[:p] = preselected
+        cover = sim[:, preselected].max(dim=1).values.clamp_min_(0)
+        taken[preselected] = True
     w_imp, w_cov = alpha / k, (1 - alpha) / n
-    tol = _TOL * (w_imp + w_cov * n)  # relative to the largest gain possible
-    taken = np.zeros(n, dtype=bool)
-    taken[picks] = True
-    gains = w_imp * importance + w_cov * np.maximum(sim - cover[None, :], 0).sum(axis=1)
-    heap = [(-float(gains[i]), int(i)) for i in np.flatnonzero(~taken)]
-    heapq.heapify(heap)
-    while len(picks) < k:
-        fresh: list[tuple[float, int]] = []
-        best = -math.inf
-        while heap and -heap[0][0] >= best - tol:
-            _, i = heapq.heappop(heap)
-            gain = w_imp * float(importance[i]) + w_cov * float(np.maximum(sim[i] - cover, 0).sum())
-            fresh.append((gain, i))
-            best = max(best, gain)
-        winner = min(i for gain, i in fresh if gain >= best - tol)
-        picks.append(winner)
-        np.maximum(cover, sim[winner], out=cover)
-        for gain, i in fresh:
-            if i != winner:
-                heapq.heappush(heap, (-gain, i))
+
+    def gains(columns: torch.Tensor) -> torch.Tensor:
+        return w_imp * importance[columns] + w_cov * (sim[:, columns] - cover[:, None]).clamp_min_(0).sum(dim=0)
+
+    bounds = gains(torch.arange(n, device=device)).masked_fill_(taken, -torch.inf)
+    for t in range(p, k):
+        free = n - t
+        m = min(_FIRST_BATCH, free)
+        while True:
+            top, cand = torch.topk(bounds, m)
+            fresh = gains(cand)
+            bounds[cand] = fresh
+            # every candidate left stale is bounded by top[-1]; strictly above it, no lower index can tie
+            if m == free or bool(fresh.max() > top[-1]):
+                break
+            m = min(2 * m, free)
+        winner = torch.argmax(bounds)  # the first index holding the best fresh gain
+        picks[t] = winner
+        taken[winner] = True
+        bounds[winner] = -torch.inf
+        torch.maximum(cover, sim[:, winner], out=cover)
     return picks
 
 
-def id_pruner_indices(
-    tokens: torch.Tensor, k: int, importance: torch.Tensor, *, alpha: float = 0.5, rho: float | None = None
-) -> torch.Tensor:
-    """The K kept indices (unsorted) for tokens [N, D] and importance [N] in [0, 1]."""
+def id_pruner_indices(sim: torch.Tensor, k: int, importance: torch.Tensor, *, alpha: float = 0.5,
+                      rho: float | None = None) -> torch.Tensor:
+    """The K kept indices [K] (pick order) from token cosines sim [N, N] and importance [N] in [0, 1]."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    n = tokens.shape[0]
+    n = sim.shape[0]
     rho = rho_schedule(k, n) if rho is None else rho
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho!r}")
-    n_important = math.ceil(rho * k)
-    important = tolerant_order(importance.float(), _TOL)[:n_important].tolist()
-    sim = cosine_matrix(tokens).clamp_(min=0).numpy()
-    picks = select_by_coverage(sim, importance.float().numpy(), k, alpha, preselected=important)
-    return torch.tensor(picks, dtype=torch.long)
+    important = descending(importance)[: math.ceil(rho * k)]
+    return select_by_coverage(sim, importance.float(), k, alpha, preselected=important)
 
 
 @register("id_pruner", uses=("cls_attn", "text", "importance"))
 def id_pruner(tokens: torch.Tensor, k: int, signals: Signals, *, alpha: float = 0.5, rho: float | None = None
               ) -> Compressed:
     importance = resolve_importance(tokens, signals, "id_pruner")
-    return selected(tokens, id_pruner_indices(tokens, k, importance, alpha=alpha, rho=rho))
+    return selected(tokens, id_pruner_indices(cosine_matrix(tokens), k, importance, alpha=alpha, rho=rho))

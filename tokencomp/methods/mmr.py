@@ -1,32 +1,34 @@
 """MMR / IDPruner-style selection (Tan et al., 2026): maximal marginal relevance.
 
 Pick the most important token, then repeatedly the one maximising lambda * r_i - (1 - lambda) * max_{j in S} cos_ij.
+Equal scores go to the lowest index.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, first_max, selected
+from tokencomp.base import Compressed, Signals, cosine_matrix, selected
 from tokencomp.methods import register
 from tokencomp.signals import resolve_importance
 
-_TIE = 1e-6  # scores closer than this are ties: lowest index wins
-
 
 def mmr_indices(tokens: torch.Tensor, k: int, importance: torch.Tensor, lam: float) -> torch.Tensor:
-    """K indices in pick order; importance [N] in [0, 1]."""
+    """K indices [K] in pick order for tokens [N, D] and importance [N] in [0, 1]; each step is a few [N]-vector
+    operations on the tokens' device."""
     sim = cosine_matrix(tokens)
-    first = first_max(importance.float(), _TIE)
-    picks = [first]
-    max_sim = sim[first].clone()
-    for _ in range(k - 1):
-        score = lam * importance - (1 - lam) * max_sim
-        score[picks] = -torch.inf
-        nxt = first_max(score, _TIE)
-        picks.append(nxt)
-        torch.maximum(max_sim, sim[nxt], out=max_sim)
-    return torch.tensor(picks, dtype=torch.long)
+    relevance = lam * importance.float()
+    picks = torch.empty(k, dtype=torch.long, device=tokens.device)
+    picks[0] = torch.argmax(relevance)
+    max_sim = sim[picks[0]].clone()
+    taken = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    taken[picks[0]] = True
+    for t in range(1, k):
+        score = (relevance - (1 - lam) * max_sim).masked_fill_(taken, -torch.inf)
+        picks[t] = torch.argmax(score)
+        taken[picks[t]] = True
+        torch.maximum(max_sim, sim[picks[t]], out=max_sim)
+    return picks
 
 
 @register("mmr", uses=("cls_attn", "text", "importance"))

@@ -10,4 +10,4 @@ from tokencomp.methods import register
 
 @register("none")
 def none(tokens: torch.Tensor, k: int, signals: Signals) -> Compressed:
-    return Compressed(tokens=tokens, index=torch.arange(tokens.shape[0]))
+    return Compressed(tokens=tokens, index=torch.arange(tokens.shape[0], device=tokens.device))

@@ -29,9 +29,9 @@ def pooled_grid(k: int, h: int, w: int) -> tuple[int, int]:
     return gh, gw
 
 
-def _cell_edges(size: int, cells: int) -> torch.Tensor:
+def _cell_edges(size: int, cells: int, device: torch.device) -> torch.Tensor:
     """Bin of each of `size` positions when split into `cells` near-equal runs (adaptive pooling's bins)."""
-    return torch.arange(size) * cells // size
+    return torch.arange(size, device=device) * cells // size
 
 
 @register("pool", uses=("grid",), generates=True)
@@ -39,15 +39,18 @@ def pool(tokens: torch.Tensor, k: int, signals: Signals) -> Compressed:
     n = tokens.shape[0]
     h, w = infer_grid(n, signals.grid)
     gh, gw = pooled_grid(k, h, w)
-    cell = (_cell_edges(h, gh)[:, None] * gw + _cell_edges(w, gw)[None, :]).reshape(-1)  # [N] cell of each patch
+    dev = tokens.device
+    cell = (_cell_edges(h, gh, dev)[:, None] * gw + _cell_edges(w, gw, dev)[None, :]).reshape(-1)  # [N] per patch
     cells = gh * gw
-    kept_cells = torch.linspace(0, cells - 1, k).round().long() if cells > k else torch.arange(cells)
-    slot_of_cell = torch.full((cells,), -1, dtype=torch.long)
-    slot_of_cell[kept_cells] = torch.arange(k)
+    kept_cells = (torch.linspace(0, cells - 1, k, device=dev).round().long() if cells > k
+                  else torch.arange(cells, device=dev))
+    slot_of_cell = torch.full((cells,), -1, dtype=torch.long, device=dev)
+    slot_of_cell[kept_cells] = torch.arange(k, device=dev)
     slot = slot_of_cell[cell]
     x = tokens.float()
-    counts = torch.zeros(cells).index_add_(0, cell, torch.ones(n))
-    means = torch.zeros(cells, x.shape[1]).index_add_(0, cell, x) / counts[:, None]
+    counts = torch.zeros(cells, device=dev).index_add_(0, cell, torch.ones(n, device=dev))
+    means = torch.zeros(cells, x.shape[1], device=dev).index_add_(0, cell, x) / counts[:, None]
     # each output stands at the first patch (row-major) of its cell, so positions stay increasing
-    first = torch.full((cells,), n, dtype=torch.long).scatter_reduce(0, cell, torch.arange(n), "amin")
+    first = torch.full((cells,), n, dtype=torch.long, device=dev).scatter_reduce(
+        0, cell, torch.arange(n, device=dev), "amin")
     return Compressed(tokens=means[kept_cells], index=first[kept_cells], assignment=slot)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, minmax, tolerant_order
+from tokencomp.base import Compressed, Signals, cosine_matrix, descending
 from tokencomp.methods import register
 
 DOMINANT_SHARE = 54 / 64
-_TIE = 1e-6  # attentions this close (after min-max scaling) rank by index
 
 
 @register("visionzip", uses=("cls_attn", "keys"), generates=True)
@@ -21,37 +20,40 @@ def visionzip(tokens: torch.Tensor, k: int, signals: Signals, *, dominant_share:
               ) -> Compressed:
     if signals.cls_attn is None:
         raise ValueError("method 'visionzip' needs cls_attn [N] (CLS->patch attention of the feature layer)")
+    if signals.keys is None:
+        raise ValueError("method 'visionzip' needs keys [N, Dk] (the feature layer's head-mean key vectors)")
     if not 0.0 < dominant_share <= 1.0:
         raise ValueError(f"dominant_share must be in (0, 1], got {dominant_share!r}")
     n = tokens.shape[0]
     n_dom = max(1, round(k * dominant_share))
     n_ctx = k - n_dom
-    order = tolerant_order(minmax(signals.cls_attn), _TIE)
+    dev = tokens.device
+    order = descending(signals.cls_attn.float())
     dominant = order[:n_dom]
     rest = torch.sort(order[n_dom:]).values
-    slot = torch.full((n,), -1, dtype=torch.long)  # without contextual tokens the rest is dropped
-    slot[dominant] = torch.arange(n_dom)
+    slot = torch.full((n,), -1, dtype=torch.long, device=dev)  # without contextual tokens the rest is dropped
+    slot[dominant] = torch.arange(n_dom, device=dev)
     x = tokens.float()
     out = [x[dominant]]
     anchors = [dominant]
     if n_ctx:
         step = max(1, len(rest) // n_ctx)
-        pos = torch.arange(0, len(rest), step)[:n_ctx]
+        pos = torch.arange(0, len(rest), step, device=dev)[:n_ctx]
         targets = rest[pos]
-        is_target = torch.zeros(len(rest), dtype=torch.bool)
+        is_target = torch.zeros(len(rest), dtype=torch.bool, device=dev)
         is_target[pos] = True
         others = rest[~is_target]
-        keys = (signals.keys if signals.keys is not None else tokens).float()
-        join = cosine_matrix(keys[others], keys[targets]).argmax(dim=1)  # [len(others)]
-        counts = torch.zeros(n_ctx).index_add_(0, join, torch.ones(len(others))).clamp_min(1)
-        merged = torch.zeros(n_ctx, x.shape[1]).index_add_(0, join, x[others]) / counts[:, None]
+        join = cosine_matrix(signals.keys[others], signals.keys[targets]).argmax(dim=1)  # [len(others)]
+        counts = torch.zeros(n_ctx, device=dev).index_add_(0, join, torch.ones(len(others), device=dev))
+        merged = torch.zeros(n_ctx, x.shape[1], device=dev).index_add_(0, join, x[others])
+        merged = merged / counts.clamp_min(1)[:, None]
         out.append(x[targets] + merged)
         anchors.append(targets)
-        slot[targets] = n_dom + torch.arange(n_ctx)
+        slot[targets] = n_dom + torch.arange(n_ctx, device=dev)
         slot[others] = n_dom + join
     anchors_all = torch.cat(anchors)
     order_out = torch.argsort(anchors_all)
     rank = torch.empty_like(order_out)
-    rank[order_out] = torch.arange(k)
+    rank[order_out] = torch.arange(k, device=dev)
     assignment = torch.where(slot >= 0, rank[slot.clamp(min=0)], -1)
     return Compressed(tokens=torch.cat(out)[order_out], index=anchors_all[order_out], assignment=assignment)

@@ -77,3 +77,16 @@ def descending(scores: torch.Tensor) -> torch.Tensor:
     """Indices ordering scores [N] from high to low; equal values keep index order, so the order is the same on
     every run and device."""
     return torch.sort(scores, descending=True, stable=True).indices
+
+
+def group_sum(x: torch.Tensor, group: torch.Tensor, groups: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-group weighted sums [G, D] of rows x [N, D] (float32) with group [N] in [0, G) (-1: in no group).
+
+    One [G, N] @ [N, D] matmul on x's device: deterministic (no atomics) and, on CPU, far faster than index_add_
+    over wide rows."""
+    n = x.shape[0]
+    w = torch.ones(n, device=x.device) if weight is None else weight.float()
+    member = torch.zeros(groups, n, device=x.device)
+    inside = group >= 0
+    member[group[inside], torch.arange(n, device=x.device)[inside]] = w[inside]
+    return member @ x.float()

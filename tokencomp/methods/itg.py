@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix
+from tokencomp.base import Compressed, Signals, cosine_matrix, group_sum
 from tokencomp.methods import register
 from tokencomp.methods.id_pruner import id_pruner_indices
 from tokencomp.signals import resolve_importance
@@ -58,7 +58,7 @@ def itg(tokens: torch.Tensor, k: int, signals: Signals, *, tau: float = 0.2, res
     w = torch.exp(log_w - log_w[anchors][slot])
     x = tokens.float()
     mass = torch.zeros(k, device=x.device).index_add_(0, slot, w)
-    out = torch.zeros(k, x.shape[1], device=x.device).index_add_(0, slot, w[:, None] * x) / mass[:, None]
+    out = group_sum(x, slot, k, w) / mass[:, None]
     if restore_norm:
         target = torch.zeros(k, device=x.device).index_add_(0, slot, w * x.norm(dim=-1)) / mass
         out = out * (target / out.norm(dim=-1).clamp_min(1e-12))[:, None]

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from tokencomp.base import Compressed, Signals
+from tokencomp.base import Compressed, Signals, group_sum
 from tokencomp.methods import register
 
 
@@ -48,8 +48,8 @@ def pool(tokens: torch.Tensor, k: int, signals: Signals) -> Compressed:
     slot_of_cell[kept_cells] = torch.arange(k, device=dev)
     slot = slot_of_cell[cell]
     x = tokens.float()
-    counts = torch.zeros(cells, device=dev).index_add_(0, cell, torch.ones(n, device=dev))
-    means = torch.zeros(cells, x.shape[1], device=dev).index_add_(0, cell, x) / counts[:, None]
+    counts = torch.bincount(cell, minlength=cells).float()
+    means = group_sum(x, cell, cells) / counts[:, None]
     # each output stands at the first patch (row-major) of its cell, so positions stay increasing
     first = torch.full((cells,), n, dtype=torch.long, device=dev).scatter_reduce(
         0, cell, torch.arange(n, device=dev), "amin")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from tokencomp.base import Compressed, Signals, cosine_matrix, descending
+from tokencomp.base import Compressed, Signals, cosine_matrix, descending, group_sum
 from tokencomp.methods import register
 
 DOMINANT_SHARE = 54 / 64
@@ -44,9 +44,8 @@ def visionzip(tokens: torch.Tensor, k: int, signals: Signals, *, dominant_share:
         is_target[pos] = True
         others = rest[~is_target]
         join = cosine_matrix(signals.keys[others], signals.keys[targets]).argmax(dim=1)  # [len(others)]
-        counts = torch.zeros(n_ctx, device=dev).index_add_(0, join, torch.ones(len(others), device=dev))
-        merged = torch.zeros(n_ctx, x.shape[1], device=dev).index_add_(0, join, x[others])
-        merged = merged / counts.clamp_min(1)[:, None]
+        counts = torch.bincount(join, minlength=n_ctx).clamp_min(1)
+        merged = group_sum(x[others], join, n_ctx) / counts[:, None]
         out.append(x[targets] + merged)
         anchors.append(targets)
         slot[targets] = n_dom + torch.arange(n_ctx, device=dev)

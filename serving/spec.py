@@ -149,7 +149,7 @@ def _trial(method: str, options: dict, where: str) -> None:
     side = math.isqrt(_TRIAL_TOKENS)
     try:
         out = tokencomp.compress(x, _TRIAL_TOKENS // 4, method, cls_attn=torch.rand(_TRIAL_TOKENS, generator=g),
-                                 text=x[:2], keys=x, grid=(side, side), **options)
+                                 text=x[:2], keys=x, features=x, grid=(side, side), **options)
     except Exception as exc:  # noqa: BLE001 - whatever the method raises, the request is at fault
         raise SpecError(where, f"is not accepted by method {method!r}: {exc}") from None
     if not torch.isfinite(out.tokens).all():

@@ -34,7 +34,7 @@ def objective(sim: torch.Tensor, importance: torch.Tensor, subset: list[int], k:
     n = sim.shape[0]
     if not subset:
         return 0.0
-    coverage = sim[:, subset].max(dim=1).values.sum()
+    coverage = sim[subset].max(dim=0).values.sum()
     return float(alpha / k * importance[subset].sum() + (1 - alpha) / n * coverage)
 
 
@@ -55,14 +55,15 @@ def select_by_coverage(sim: torch.Tensor, importance: torch.Tensor, k: int, alph
     taken = torch.zeros(n, dtype=torch.bool, device=device)
     if p:
         picks[:p] = preselected
-        cover = sim[:, preselected].max(dim=1).values.clamp_min_(0)
+        cover = sim[preselected].max(dim=0).values.clamp_min_(0)
         taken[preselected] = True
     w_imp, w_cov = alpha / k, (1 - alpha) / n
 
-    def gains(columns: torch.Tensor) -> torch.Tensor:
-        return w_imp * importance[columns] + w_cov * (sim[:, columns] - cover[:, None]).clamp_min_(0).sum(dim=0)
+    # gains of candidates as rows (sim is symmetric): row gathers are contiguous, column gathers are not
+    def gains(rows: torch.Tensor) -> torch.Tensor:
+        return w_imp * importance[rows] + w_cov * (sim[rows] - cover[None, :]).clamp_min_(0).sum(dim=1)
 
-    bounds = gains(torch.arange(n, device=device)).masked_fill_(taken, -torch.inf)
+    bounds = (w_imp * importance + w_cov * (sim - cover[None, :]).clamp_min(0).sum(dim=1)).masked_fill_(taken, -torch.inf)
     for t in range(p, k):
         free = n - t
         m = min(_FIRST_BATCH, free)
@@ -78,7 +79,7 @@ def select_by_coverage(sim: torch.Tensor, importance: torch.Tensor, k: int, alph
         picks[t] = winner
         taken[winner] = True
         bounds[winner] = -torch.inf
-        torch.maximum(cover, sim[:, winner], out=cover)
+        torch.maximum(cover, sim[winner], out=cover)
     return picks
 
 

@@ -28,7 +28,7 @@ _ANCHOR_LIFT = 1e-3  # how far above its cluster's maximum importance an anchor 
 def assign_to_anchors(sim: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """Slot [N] of each token's most similar anchor, from token cosines sim [N, N]; anchors [K] (sorted) always
     own their slot."""
-    slot = sim[:, anchors].argmax(dim=1)
+    slot = sim[anchors].argmax(dim=0)  # rows of the symmetric sim: a contiguous gather
     slot[anchors] = torch.arange(len(anchors), device=sim.device)  # duplicates of an anchor must not steal it
     return slot
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.llava_fixture import make_llava
 
@@ -107,3 +109,34 @@ def test_scaled_model_keeps_the_tower_and_has_a_0_3b_llm(model_dir, tmp_path):
     with safe_open(model_dir / "model.safetensors", "pt") as small, safe_open(scaled / "model.safetensors", "pt") as big:
         key = "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight"
         assert (small.get_tensor(key) == big.get_tensor(key)).all()
+
+
+def test_bench_select_reports_median_spread_and_ratio_to_the_floor(tmp_path):
+    out = tmp_path / "select.md"
+    proc = subprocess.run([*CLI, "select", "--n", "64", "--d", "16", "--k", "8", "16", "--repeats", "3", "--out",
+                           str(out)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().strip() == proc.stdout.strip()
+    number = r"(\d+\.\d+)"
+    spread = rf"{number} \({number}–{number}\)"
+    (floor_line,) = [line for line in proc.stdout.splitlines() if line.startswith("N = 64, D = 16: floor")]
+    floor, low, high = (float(x) for x in re.search(spread, floor_line).groups())
+    assert low <= floor <= high and floor >= 0.001  # one matmul and its normalisation take microseconds
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "method" not in line]
+    assert len(rows) == 10  # every method but none
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for ms, ratio in zip(cells[1::2], cells[2::2]):  # K = 8, then K = 16
+            median, low, high = (float(x) for x in re.fullmatch(spread, ms).groups())
+            assert low <= median <= high, row
+            # the printed ratio (2 decimals) is this median over the floor's (both printed to 3 decimals)
+            lowest, highest = (median - 5e-4) / (floor + 5e-4), (median + 5e-4) / (floor - 5e-4)
+            assert lowest - 5e-3 <= float(ratio) <= highest + 5e-3, row
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on machines without CUDA")
+def test_bench_select_on_a_missing_device_is_one_clear_line():
+    proc = subprocess.run([*CLI, "select", "--device", "cuda"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "tokencomp bench: error: --device cuda: CUDA is not available on this machine"

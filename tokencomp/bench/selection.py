@@ -72,7 +72,7 @@ def timed(repeats: int, device: torch.device, fn: Callable[..., object], *args, 
 
 
 def _cell(times: list[float]) -> str:
-    return f"{statistics.median(times):.2f} ({min(times):.2f}–{max(times):.2f})"
+    return f"{statistics.median(times):.3f} ({min(times):.3f}–{max(times):.3f})"
 
 
 def run(args: argparse.Namespace) -> int:

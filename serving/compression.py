@@ -6,6 +6,9 @@ The vLLM model (`serving.model`) and the transformers reference (`serving.hf_ref
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import torch
 
 import tokencomp
@@ -23,13 +26,18 @@ def vision_signals(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> tuple[to
 
 
 def compress_image(tokens: torch.Tensor, spec: Spec, *, cls_attn: torch.Tensor, keys: torch.Tensor,
-                   features: torch.Tensor, grid: tuple[int, int], text: torch.Tensor | None) -> Compressed:
-    """Apply `spec` to one image's projected tokens [N, D]; `features` [N, Dv] are the same patches before the
-    projector (methods that compare patches there, as VisPruner's released code does, read them); `text` [T, D]
-    is used only when the spec reads it."""
+                   features: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor], grid: tuple[int, int],
+                   text: torch.Tensor | None) -> Compressed:
+    """Apply `spec` to one image's projected tokens [N, D]. `features` [N, Dv] are the same patches before the
+    projector `project` ([M, Dv] -> [M, D]): methods that compare patches there read them (VisPruner), and
+    methods registered `before_projector` (VisionZip) compress them and have their K outputs projected, as their
+    released code does. `text` [T, D] is used only when the spec reads it."""
     if spec.method == "none":
         return Compressed(tokens=tokens, index=torch.arange(tokens.shape[0], device=tokens.device))
     signals = {"cls_attn": cls_attn, "keys": keys, "features": features, "grid": grid, "seed": spec.seed}
     if spec.uses_text():
         signals["text"] = text
-    return tokencomp.compress(tokens, spec.budget, spec.method, **signals, **spec.options)
+    if not tokencomp.methods.get(spec.method).before_projector:
+        return tokencomp.compress(tokens, spec.budget, spec.method, **signals, **spec.options)
+    out = tokencomp.compress(features, spec.budget, spec.method, **signals, **spec.options)
+    return dataclasses.replace(out, tokens=project(out.tokens).to(tokens.dtype))

@@ -32,8 +32,8 @@ def compress_pixels(model, pixel_values: torch.Tensor, spec: Spec, text_ids: tor
     projected = model.model.multi_modal_projector(features)[0]
     side = config.vision_config.image_size // config.vision_config.patch_size
     text = model.get_input_embeddings()(text_ids) if spec.uses_text() else None
-    return compress_image(projected, spec, cls_attn=cls_attn, keys=keys, features=features[0], grid=(side, side),
-                          text=text)
+    return compress_image(projected, spec, cls_attn=cls_attn, keys=keys, features=features[0],
+                          project=model.model.multi_modal_projector, grid=(side, side), text=text)
 
 
 @dataclass

@@ -73,7 +73,8 @@ class TokenCompLlava(LlavaForConditionalGeneration):
             if specs[b].uses_text():
                 text = self.language_model.embed_input_ids(tc["tc_text_ids"][b].to(projected.device))
             compressed = compress_image(projected[i], specs[b], cls_attn=cls_attn[i], keys=keys[i],
-                                        features=features[i], grid=(side, side), text=text)
+                                        features=features[i], project=self.multi_modal_projector,
+                                        grid=(side, side), text=text)
             out[b] = finite_rows(projected[i], compressed.tokens, compressed.index, repr(specs[b]))
             if LOG_KEPT:
                 digest = hashlib.sha1(compressed.index.cpu().numpy().tobytes()).hexdigest()[:12]

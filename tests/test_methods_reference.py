@@ -243,6 +243,25 @@ def _naive_vispruner(attn: list[float], feats: torch.Tensor, k: int) -> list[int
     return order[:n_imp] + residual
 
 
+def test_visionzip_merges_before_the_projector_in_the_serving_step():
+    # the released code merges vision features and projects the K results; a mean of projections differs
+    from tokencomp.serving.compression import compress_image
+    from tokencomp.serving.spec import Spec
+
+    features, sig = make_signals(64, 8, seed=5)
+    torch.manual_seed(0)
+    project = torch.nn.Sequential(torch.nn.Linear(8, 12), torch.nn.GELU(), torch.nn.Linear(12, 12))
+    with torch.no_grad():
+        projected = project(features)
+        out = compress_image(projected, Spec("visionzip", 16), cls_attn=sig["cls_attn"], keys=sig["keys"],
+                             features=features, project=project, grid=(8, 8), text=None)
+        merged = tokencomp.compress(features, 16, "visionzip", cls_attn=sig["cls_attn"], keys=sig["keys"])
+        after = tokencomp.compress(projected, 16, "visionzip", cls_attn=sig["cls_attn"], keys=sig["keys"])
+        assert torch.equal(out.index, merged.index) and torch.equal(out.assignment, merged.assignment)
+        assert torch.allclose(out.tokens, project(merged.tokens), atol=1e-6)
+        assert not torch.allclose(out.tokens, after.tokens, atol=1e-3)
+
+
 @pytest.mark.parametrize("k", [20, 21, 40])
 def test_vispruner_matches_the_released_rounds(k):
     tokens, sig = make_signals(64, 8, seed=6)

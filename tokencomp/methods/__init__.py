@@ -21,6 +21,10 @@ class Method:
     fn: MethodFn
     uses: tuple[str, ...]  # Signals fields the method reads; the serving layer computes only these
     generates: bool  # True: emits new tokens (merges) and an assignment; False: selects input tokens
+    # True: the method's released code works on the vision tower's features before the projector, so an engine
+    # that has them compresses those and projects the K outputs (which only matters for merges: the projector is
+    # non-linear, and a mean of projections is not the projection of a mean)
+    before_projector: bool = False
 
     def options(self) -> tuple[str, ...]:
         """Keyword options the method accepts beyond (tokens, budget, signals)."""
@@ -31,13 +35,14 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, *, uses: tuple[str, ...] = (), generates: bool = False) -> Callable[[MethodFn], MethodFn]:
+def register(name: str, *, uses: tuple[str, ...] = (), generates: bool = False, before_projector: bool = False
+             ) -> Callable[[MethodFn], MethodFn]:
     unknown = set(uses) - set(Signals.names())
     if unknown:
         raise ValueError(f"method {name!r} uses unknown signals {sorted(unknown)}; known: {Signals.names()}")
 
     def add(fn: MethodFn) -> MethodFn:
-        _REGISTRY[name] = Method(name, fn, tuple(uses), generates)
+        _REGISTRY[name] = Method(name, fn, tuple(uses), generates, before_projector)
         return fn
 
     return add

@@ -1,8 +1,19 @@
 """VisionZip (Yang et al., CVPR 2025): dominant tokens by CLS attention + contextual tokens by merging.
 
 Dominant: the top-K_d tokens by CLS->patch attention. Contextual: of the rest, K_c targets at a uniform stride;
-every other remaining token joins its most similar target by key cosine, and a contextual token is the target
-plus the mean of what joined it. Split as the paper's runner: 54 + 10 at K = 64, the same ratio elsewhere.
+every other remaining token joins its most similar target by key cosine (head-mean keys of the feature layer,
+required: there is no fallback), and a contextual token is the target plus the mean of what joined it. Split as
+the released runner: 54 + 10 at K = 64, the same ratio elsewhere. Registered `before_projector`: the serving
+engines hand it the vision tower's features and project its K outputs, so the merge happens where the released
+code merges (the projector is non-linear; merging after it would average projections instead).
+
+Deviations from the released code, and why:
+- The released dominant set includes the CLS token (CLS + 53 patches at K = 64). Our engines feed the language
+  model patch rows only (LLaVA's default feature strategy drops CLS), and every output row carries the patch
+  position it stands at (`index`, which M-RoPE models need); CLS has none. So the dominant set is 54 patches.
+- The released code emits dominant tokens first, then contextual ones. Outputs here are in `index` order, the
+  invariant every method keeps so that positions increase along the sequence; contextual tokens stand at their
+  target patch's position among the dominant ones.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from tokencomp.methods import register
 DOMINANT_SHARE = 54 / 64
 
 
-@register("visionzip", uses=("cls_attn", "keys"), generates=True)
+@register("visionzip", uses=("cls_attn", "keys"), generates=True, before_projector=True)
 def visionzip(tokens: torch.Tensor, k: int, signals: Signals, *, dominant_share: float = DOMINANT_SHARE
               ) -> Compressed:
     if signals.cls_attn is None:

@@ -79,7 +79,8 @@ def descending(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, descending=True, stable=True).indices
 
 
-def group_sum(x: torch.Tensor, group: torch.Tensor, groups: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+def group_sum(x: torch.Tensor, group: torch.Tensor, groups: int, weight: torch.Tensor | None = None
+              ) -> torch.Tensor:
     """Per-group weighted sums [G, D] of rows x [N, D] (float32) with group [N] in [0, G) (-1: in no group).
 
     One [G, N] @ [N, D] matmul on x's device: deterministic (no atomics) and, on CPU, far faster than index_add_

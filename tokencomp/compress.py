@@ -74,7 +74,8 @@ def _compress_one(spec: methods.Method, tokens: torch.Tensor, k: int | None, sig
         # Nothing to drop: the input itself, whatever signals were (not) given.
         return Compressed(tokens=tokens, index=torch.arange(n, device=tokens.device), assignment=None)
     # signals join the tokens' device (a no-op when they are already there), so methods never mix devices
-    moved = {key: getattr(signals, key).to(tokens.device) for key in _PER_ITEM_SIGNALS if getattr(signals, key) is not None}
+    present = {key: getattr(signals, key) for key in _PER_ITEM_SIGNALS if getattr(signals, key) is not None}
+    moved = {key: value.to(tokens.device) for key, value in present.items()}
     out = spec.fn(tokens, k, dataclasses.replace(signals, **moved), **options)
     if out.tokens.shape != (k, tokens.shape[1]) or out.index.shape != (k,):
         raise RuntimeError(f"method {spec.name!r} returned {tuple(out.tokens.shape)} tokens for budget {k}")

@@ -63,7 +63,8 @@ def select_by_coverage(sim: torch.Tensor, importance: torch.Tensor, k: int, alph
     def gains(rows: torch.Tensor) -> torch.Tensor:
         return w_imp * importance[rows] + w_cov * (sim[rows] - cover[None, :]).clamp_min_(0).sum(dim=1)
 
-    bounds = (w_imp * importance + w_cov * (sim - cover[None, :]).clamp_min(0).sum(dim=1)).masked_fill_(taken, -torch.inf)
+    bounds = w_imp * importance + w_cov * (sim - cover[None, :]).clamp_min(0).sum(dim=1)
+    bounds.masked_fill_(taken, -torch.inf)
     for t in range(p, k):
         free = n - t
         m = min(_FIRST_BATCH, free)

@@ -51,9 +51,13 @@ class Compressed:
 
 
 def selected(tokens: torch.Tensor, index: torch.Tensor) -> Compressed:
-    """A pure selection of `tokens` [N, D] at `index` [K] (any order; duplicates are a bug)."""
-    index = torch.sort(index.to(device=tokens.device, dtype=torch.long)).values
-    return Compressed(tokens=tokens[index], index=index)
+    """A pure selection of `tokens` [N, D] at `index` [K], or of a batch [B, N, D] at [B, K] (any order;
+    duplicates are a bug)."""
+    index = torch.sort(index.to(device=tokens.device, dtype=torch.long), dim=-1).values
+    if index.ndim == 1:
+        return Compressed(tokens=tokens[index], index=index)
+    rows = torch.arange(len(index), device=tokens.device)[:, None]
+    return Compressed(tokens=tokens[rows, index], index=index)
 
 
 def cosine_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -66,9 +70,11 @@ def cosine_matrix(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tenso
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
-    """Rescale [N] to [0, 1] in float32; a constant vector becomes all ones (every token equally important)."""
+    """Rescale [..., N] to [0, 1] along N in float32; a constant vector becomes all ones (every token equally
+    important)."""
     x = x.float()
-    low, span = x.min(), x.max() - x.min()
+    low = x.amin(dim=-1, keepdim=True)
+    span = x.amax(dim=-1, keepdim=True) - low
     # a branch-free where keeps this free of a device-to-host sync
     return torch.where(span > 0, (x - low) / span.clamp_min(torch.finfo(torch.float32).tiny), torch.ones_like(x))
 

@@ -42,6 +42,8 @@ def compress(tokens: torch.Tensor, budget: int | None, method: str = "id_pruner"
             f"unknown option(s) {unknown} for method {method!r}; signals: {', '.join(Signals.names())}; "
             f"options: {', '.join(allowed) or 'none'}"
         )
+    if spec.batched and k is not None and k < tokens.shape[-2]:
+        return _compress_batched(spec, tokens, k, signal_kwargs, kwargs)
     if tokens.ndim == 2:
         return _compress_one(spec, tokens, k, Signals(**signal_kwargs), kwargs)
     outs = [
@@ -54,6 +56,30 @@ def compress(tokens: torch.Tensor, budget: int | None, method: str = "id_pruner"
         index=torch.stack([o.index for o in outs]),
         assignment=assignment,
     )
+
+
+def _compress_batched(spec: methods.Method, tokens: torch.Tensor, k: int, signal_kwargs: dict, options: dict
+                      ) -> Compressed:
+    """One call of a batched method on [B, N, D] (a single image [N, D] is a batch of one): each greedy step
+    serves every image at once."""
+    single = tokens.ndim == 2
+    batch = tokens[None] if single else tokens
+    if single:
+        signal_kwargs = {key: value[None] if key in _PER_ITEM_SIGNALS and value is not None else value
+                         for key, value in signal_kwargs.items()}
+    for b in range(batch.shape[0]):
+        _check_signal_shapes(Signals(**_item(signal_kwargs, b, batch.shape[0])), batch.shape[1])
+    # signals join the tokens' device (a no-op when they are already there), so methods never mix devices
+    moved = {key: value.to(batch.device) if key in _PER_ITEM_SIGNALS and value is not None else value
+             for key, value in signal_kwargs.items()}
+    out = spec.fn(batch, k, Signals(**moved), **options)
+    if out.tokens.shape != (batch.shape[0], k, batch.shape[2]) or out.index.shape != (batch.shape[0], k):
+        raise RuntimeError(f"method {spec.name!r} returned {tuple(out.tokens.shape)} tokens for budget {k}")
+    out = Compressed(tokens=out.tokens.to(tokens.dtype), index=out.index, assignment=out.assignment)
+    if single:
+        return Compressed(tokens=out.tokens[0], index=out.index[0],
+                          assignment=None if out.assignment is None else out.assignment[0])
+    return out
 
 
 def _item(signal_kwargs: dict, b: int, batch: int) -> dict:

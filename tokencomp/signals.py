@@ -48,10 +48,10 @@ def qk_from_fused_qkv(layer: torch.nn.Module, hidden: torch.Tensor) -> tuple[tor
 
 def text_relevance(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Mean cosine between each visual token [N, D] and the instruction's token embeddings [T, D] -> [N] float32,
-    on the tokens' device."""
-    if text.ndim != 2 or text.shape[-1] != tokens.shape[-1] or text.shape[0] == 0:
+    on the tokens' device; batched: tokens [B, N, D], text [B, T, D] -> [B, N]."""
+    if text.ndim != tokens.ndim or text.shape[-1] != tokens.shape[-1] or text.shape[-2] == 0:
         raise ValueError(f"text must be [T, {tokens.shape[-1]}] with T >= 1, got {tuple(text.shape)}")
-    return cosine_matrix(tokens, text).mean(dim=1)
+    return cosine_matrix(tokens, text).mean(dim=-1)
 
 
 def feature_norm(tokens: torch.Tensor) -> torch.Tensor:
@@ -60,8 +60,9 @@ def feature_norm(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_importance(tokens: torch.Tensor, signals: Signals, method: str) -> torch.Tensor:
-    """Importance r in [0, 1] for `tokens` [N, D]: `importance` if given, else the mean of the min-max
-    normalised CLS attention and text relevance that were given (question-agnostic, -aware, or both)."""
+    """Importance r [N] in [0, 1] for `tokens` [N, D] (or [B, N] for [B, N, D]): `importance` if given, else the
+    mean of the min-max normalised CLS attention and text relevance that were given (question-agnostic, -aware,
+    or both)."""
     if signals.importance is not None:
         return minmax(signals.importance)
     parts = []

@@ -1,7 +1,8 @@
 """Registry of compression methods: one file per method, one import line below per file.
 
 A method is a function `(tokens [N, D], budget K, signals, **options) -> Compressed` decorated with
-`@register(name, uses=...)`; it may assume 1 <= K < N (the dispatcher handles the rest).
+`@register(name, uses=...)`; it may assume 1 <= K < N (the dispatcher handles the rest). Methods registered
+`batched=True` take [B, N, D] and per-item signals with a leading B, and run every image's greedy steps together.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class Method:
     # that has them compresses those and projects the K outputs (which only matters for merges: the projector is
     # non-linear, and a mean of projections is not the projection of a mean)
     before_projector: bool = False
+    # True: fn takes a batch [B, N, D] with per-item signals [B, ...] and returns Compressed fields with a leading
+    # B (the dispatcher hands it single images as a batch of one)
+    batched: bool = False
 
     def options(self) -> tuple[str, ...]:
         """Keyword options the method accepts beyond (tokens, budget, signals)."""
@@ -35,14 +39,14 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, *, uses: tuple[str, ...] = (), generates: bool = False, before_projector: bool = False
-             ) -> Callable[[MethodFn], MethodFn]:
+def register(name: str, *, uses: tuple[str, ...] = (), generates: bool = False, before_projector: bool = False,
+             batched: bool = False) -> Callable[[MethodFn], MethodFn]:
     unknown = set(uses) - set(Signals.names())
     if unknown:
         raise ValueError(f"method {name!r} uses unknown signals {sorted(unknown)}; known: {Signals.names()}")
 
     def add(fn: MethodFn) -> MethodFn:
-        _REGISTRY[name] = Method(name, fn, tuple(uses), generates, before_projector)
+        _REGISTRY[name] = Method(name, fn, tuple(uses), generates, before_projector, batched)
         return fn
 
     return add

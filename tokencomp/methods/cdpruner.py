@@ -31,36 +31,44 @@ _RELEVANCE_OFFSET = 1e-6  # the released code's offset in its min-max normalisat
 
 
 def greedy_map_dpp(kernel: torch.Tensor, k: int) -> torch.Tensor:
-    """K indices [K] in pick order maximising log det greedily for a PSD kernel [N, N] (float32, any device).
+    """K indices in pick order maximising log det greedily for a PSD kernel [N, N] -> [K], or a batch of kernels
+    [B, N, N] -> [B, K] (float32, any device).
 
     d2_i is the squared Cholesky residual of candidate i given the picks (the factor by which picking i multiplies
-    det L~_S); each step is an argmax and a [t, N] product, on the kernel's device."""
-    n = kernel.shape[0]
-    d2 = torch.diagonal(kernel).clone()
-    rows = torch.zeros(k, n, dtype=kernel.dtype, device=kernel.device)
-    picks = torch.empty(k, dtype=torch.long, device=kernel.device)
+    det L~_S); each step is an argmax and a [B, t] x [B, t, N] product, on the kernel's device."""
+    if kernel.ndim == 2:
+        return greedy_map_dpp(kernel[None], k)[0]
+    b, n, _ = kernel.shape
+    batch = torch.arange(b, device=kernel.device)
+    d2 = torch.diagonal(kernel, dim1=1, dim2=2).clone()  # [B, N]
+    factors = torch.zeros(b, k, n, dtype=kernel.dtype, device=kernel.device)
+    picks = torch.empty(b, k, dtype=torch.long, device=kernel.device)
     for t in range(k):
-        j = torch.argmax(d2)
-        picks[t] = j
-        scale = torch.where(d2[j] > 0, d2[j].clamp_min(torch.finfo(d2.dtype).tiny).rsqrt(), 0.0)
-        e = (kernel[j] - rows[:t, j] @ rows[:t]) * scale
-        rows[t] = e
+        j = torch.argmax(d2, dim=1)
+        picks[:, t] = j
+        dj = d2[batch, j]
+        scale = torch.where(dj > 0, dj.clamp_min(torch.finfo(d2.dtype).tiny).rsqrt(), 0.0)
+        done = torch.einsum("bt,btn->bn", factors[batch, :t, j], factors[:, :t])
+        e = (kernel[batch, j] - done) * scale[:, None]
+        factors[:, t] = e
         d2 -= e * e
-        d2[j] = -torch.inf
+        d2[batch, j] = -torch.inf
     return picks
 
 
 def relevance_scores(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """r [N] in (0, 1]: mean token-text cosine, min-max normalised with the released code's offset."""
+    """r [B, N] in (0, 1] for tokens [B, N, D] and text [B, T, D]: mean token-text cosine, min-max normalised per
+    image with the released code's offset."""
     rel = text_relevance(tokens, text)
-    low, span = rel.min(), rel.max() - rel.min()
+    low = rel.amin(dim=-1, keepdim=True)
+    span = rel.amax(dim=-1, keepdim=True) - low
     return (rel - low + _RELEVANCE_OFFSET) / span.clamp_min(_RELEVANCE_OFFSET)
 
 
-@register("cdpruner", uses=("text",))
+@register("cdpruner", uses=("text",), batched=True)
 def cdpruner(tokens: torch.Tensor, k: int, signals: Signals) -> Compressed:
     if signals.text is None:
         raise ValueError("method 'cdpruner' needs text [T, D] (the instruction's token embeddings)")
     relevance = relevance_scores(tokens, signals.text)
-    kernel = relevance[:, None] * cosine_matrix(tokens) * relevance[None, :]
+    kernel = relevance[:, :, None] * cosine_matrix(tokens) * relevance[:, None, :]
     return selected(tokens, greedy_map_dpp(kernel, k))

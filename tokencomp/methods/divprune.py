@@ -14,21 +14,23 @@ from tokencomp.methods import register
 
 
 def farthest_point_indices(tokens: torch.Tensor, k: int) -> torch.Tensor:
-    """K indices [K] in pick order for tokens [N, D]: one float32 N x N cosine matrix, then K steps of [N]-vector
-    updates of the running min distance, all on the tokens' device."""
-    dist = 1 - cosine_matrix(tokens)
-    nearest = dist.clone().fill_diagonal_(torch.inf).min(dim=1).values
-    picks = torch.empty(k, dtype=torch.long, device=tokens.device)
-    picks[0] = torch.argmax(nearest)
-    min_dist = dist[picks[0]].clone()
-    min_dist[picks[0]] = -torch.inf
+    """K indices [B, K] in pick order for a batch of images [B, N, D]: one float32 N x N cosine matrix per image,
+    then K steps of [B, N] updates of the running min distance, all on the tokens' device."""
+    dist = 1 - cosine_matrix(tokens)  # [B, N, N]
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    nearest = dist.clone()
+    nearest.diagonal(dim1=1, dim2=2).fill_(torch.inf)
+    picks = torch.empty(tokens.shape[0], k, dtype=torch.long, device=tokens.device)
+    picks[:, 0] = torch.argmax(nearest.amin(dim=2), dim=1)
+    min_dist = dist[rows, picks[:, 0]].clone()
+    min_dist[rows, picks[:, 0]] = -torch.inf
     for t in range(1, k):
-        picks[t] = torch.argmax(min_dist)
-        torch.minimum(min_dist, dist[picks[t]], out=min_dist)
-        min_dist[picks[t]] = -torch.inf
+        picks[:, t] = torch.argmax(min_dist, dim=1)
+        torch.minimum(min_dist, dist[rows, picks[:, t]], out=min_dist)
+        min_dist[rows, picks[:, t]] = -torch.inf
     return picks
 
 
-@register("divprune")
+@register("divprune", batched=True)
 def divprune(tokens: torch.Tensor, k: int, signals: Signals) -> Compressed:
     return selected(tokens, farthest_point_indices(tokens, k))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import tokencomp
 from tests.helpers import make_signals
@@ -144,3 +145,29 @@ def test_bad_inputs_raise_clear_errors(call, message):
     tokens, _ = make_signals(N, D)
     with pytest.raises(ValueError, match=message):
         call(tokens)
+
+
+class _Dtypes(TorchDispatchMode):
+    """Records the dtype of every tensor each aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.seen.add(t.dtype)
+        return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_float64_anywhere_in_a_method(method, dtype):
+    # float64 is slow or absent on accelerators: every op of every method stays in float32 / the input's dtype
+    tokens, sig = make_signals(N, D)
+    sig = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sig.items()}
+    with _Dtypes() as mode:
+        tokencomp.compress(tokens.to(dtype), 12, method, **sig)
+    assert torch.float64 not in mode.seen, sorted(map(str, mode.seen))

@@ -158,6 +158,16 @@ def test_lazy_greedy_equals_naive_greedy(seed, alpha):
     assert select_by_coverage(sim.float(), r.float(), 10, alpha).tolist() == _naive_greedy(sim, r, 10, alpha)
 
 
+def test_batched_lazy_greedy_equals_naive_greedy_per_image():
+    problems = [_problem(40, seed) for seed in range(3)]
+    sim = torch.stack([p[0] for p in problems]).float()
+    r = torch.stack([p[1] for p in problems]).float()
+    picks = select_by_coverage(sim, r, 10, 0.5)
+    assert picks.shape == (3, 10)
+    for b, (s, rb) in enumerate(problems):
+        assert picks[b].tolist() == _naive_greedy(s, rb, 10, 0.5), b
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_objective_is_monotone_and_greedy_is_within_1_minus_1_over_e(seed):
     n, k, alpha = 12, 4, 0.5

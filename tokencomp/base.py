@@ -80,8 +80,8 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def descending(scores: torch.Tensor) -> torch.Tensor:
-    """Indices ordering scores [N] from high to low; equal values keep index order, so the order is the same on
-    every run and device."""
+    """Indices ordering scores [..., N] from high to low along N; equal values keep index order, so the order is
+    the same on every run and device."""
     return torch.sort(scores, descending=True, stable=True).indices
 
 

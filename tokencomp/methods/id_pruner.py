@@ -40,64 +40,71 @@ def objective(sim: torch.Tensor, importance: torch.Tensor, subset: list[int], k:
 
 def select_by_coverage(sim: torch.Tensor, importance: torch.Tensor, k: int, alpha: float,
                        preselected: torch.Tensor | None = None) -> torch.Tensor:
-    """Greedy on F: extend `preselected` [P] to k indices [k], in pick order, on sim's device.
+    """Greedy on F: extend `preselected` [P] to k indices [k], in pick order, on sim's device; batched: sim
+    [B, N, N], importance [B, N], preselected [B, P] -> [B, k].
 
-    sim [N, N] symmetric cosines (clamping at 0 is implied: coverage starts at 0), importance [N] in [0, 1].
+    sim holds symmetric cosines (clamping at 0 is implied: coverage starts at 0), importance is in [0, 1].
     Lazy greedy as whole-tensor work: gains only shrink as S grows (submodularity), so a stale gain bounds the
-    fresh one; each round refreshes the gains of the top candidates by bound ([N, m] work) and picks the best
-    once it beats every bound left stale. Equal gains go to the lowest index, as in plain greedy.
+    fresh one; each round refreshes the gains of every image's top m candidates by bound ([B, m, N] work) and
+    picks each image's best once it beats every bound left stale there (m doubles until it does in all images).
+    Equal gains go to the lowest index, as in plain greedy.
     """
-    n = sim.shape[0]
+    if sim.ndim == 2:
+        pre = None if preselected is None else preselected[None]
+        return select_by_coverage(sim[None], importance[None], k, alpha, pre)[0]
+    b, n, _ = sim.shape
     device = sim.device
-    picks = torch.empty(k, dtype=torch.long, device=device)
-    p = 0 if preselected is None else len(preselected)
-    cover = torch.zeros(n, dtype=sim.dtype, device=device)
-    taken = torch.zeros(n, dtype=torch.bool, device=device)
+    rows = torch.arange(b, device=device)
+    picks = torch.empty(b, k, dtype=torch.long, device=device)
+    p = 0 if preselected is None else preselected.shape[1]
+    cover = torch.zeros(b, n, dtype=sim.dtype, device=device)
+    bounds_mask = torch.zeros(b, n, dtype=torch.bool, device=device)
     if p:
-        picks[:p] = preselected
-        cover = sim[preselected].max(dim=0).values.clamp_min_(0)
-        taken[preselected] = True
+        picks[:, :p] = preselected
+        cover = sim[rows[:, None], preselected].amax(dim=1).clamp_min_(0)
+        bounds_mask[rows[:, None], preselected] = True
     w_imp, w_cov = alpha / k, (1 - alpha) / n
 
     # gains of candidates as rows (sim is symmetric): row gathers are contiguous, column gathers are not
-    def gains(rows: torch.Tensor) -> torch.Tensor:
-        return w_imp * importance[rows] + w_cov * (sim[rows] - cover[None, :]).clamp_min_(0).sum(dim=1)
+    def gains(cand: torch.Tensor) -> torch.Tensor:
+        covered = (sim[rows[:, None], cand] - cover[:, None, :]).clamp_min_(0).sum(dim=2)
+        return w_imp * importance.gather(1, cand) + w_cov * covered
 
-    bounds = w_imp * importance + w_cov * (sim - cover[None, :]).clamp_min(0).sum(dim=1)
-    bounds.masked_fill_(taken, -torch.inf)
+    bounds = w_imp * importance + w_cov * (sim - cover[:, None, :]).clamp_min(0).sum(dim=2)
+    bounds.masked_fill_(bounds_mask, -torch.inf)
     for t in range(p, k):
         free = n - t
         m = min(_FIRST_BATCH, free)
         while True:
-            top, cand = torch.topk(bounds, m)
+            top, cand = torch.topk(bounds, m, dim=1)
             fresh = gains(cand)
-            bounds[cand] = fresh
-            # every candidate left stale is bounded by top[-1]; strictly above it, no lower index can tie
-            if m == free or bool(fresh.max() > top[-1]):
+            bounds.scatter_(1, cand, fresh)
+            # every candidate left stale is bounded by top[:, -1]; strictly above it, no lower index can tie
+            if m == free or bool((fresh.amax(dim=1) > top[:, -1]).all()):
                 break
             m = min(2 * m, free)
-        winner = torch.argmax(bounds)  # the first index holding the best fresh gain
-        picks[t] = winner
-        taken[winner] = True
-        bounds[winner] = -torch.inf
-        torch.maximum(cover, sim[winner], out=cover)
+        winner = torch.argmax(bounds, dim=1)  # per image, the first index holding the best fresh gain
+        picks[:, t] = winner
+        bounds[rows, winner] = -torch.inf
+        torch.maximum(cover, sim[rows, winner], out=cover)
     return picks
 
 
 def id_pruner_indices(sim: torch.Tensor, k: int, importance: torch.Tensor, *, alpha: float = 0.5,
                       rho: float | None = None) -> torch.Tensor:
-    """The K kept indices [K] (pick order) from token cosines sim [N, N] and importance [N] in [0, 1]."""
+    """The K kept indices [K] (pick order) from token cosines sim [N, N] and importance [N] in [0, 1]; batched:
+    sim [B, N, N], importance [B, N] -> [B, K]."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    n = sim.shape[0]
+    n = sim.shape[-1]
     rho = rho_schedule(k, n) if rho is None else rho
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho!r}")
-    important = descending(importance)[: math.ceil(rho * k)]
+    important = descending(importance)[..., : math.ceil(rho * k)]
     return select_by_coverage(sim, importance.float(), k, alpha, preselected=important)
 
 
-@register("id_pruner", uses=("cls_attn", "text", "importance"))
+@register("id_pruner", uses=("cls_attn", "text", "importance"), batched=True)
 def id_pruner(tokens: torch.Tensor, k: int, signals: Signals, *, alpha: float = 0.5, rho: float | None = None
               ) -> Compressed:
     importance = resolve_importance(tokens, signals, "id_pruner")

@@ -25,6 +25,22 @@ def vision_signals(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> tuple[to
     return cls_attention(q, k, num_heads), keys
 
 
+_SENTINEL = "\ue000"  # a private-use character: no template or question contains it
+
+
+def template_edges(processor) -> tuple[list[int], list[int]]:
+    """Token ids of the chat template's fixed text before and after a one-image user question (head [H], tail
+    [T]) for a transformers processor: the template rendered around a sentinel question, each side tokenized.
+    Both engines cut these off the prompt (`question_ids`), so methods read the question's own words."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _SENTINEL}]}]
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True)
+    if rendered.count(_SENTINEL) != 1:
+        return [], []
+    head, tail = rendered.split(_SENTINEL)
+    tokenize = processor.tokenizer
+    return (tokenize(head, add_special_tokens=False).input_ids, tokenize(tail, add_special_tokens=False).input_ids)
+
+
 def compress_image(tokens: torch.Tensor, spec: Spec, *, cls_attn: torch.Tensor, keys: torch.Tensor,
                    features: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor], grid: tuple[int, int],
                    text: torch.Tensor | None) -> Compressed:

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from tokencomp.base import Compressed
-from tokencomp.serving.compression import compress_image, vision_signals
+from tokencomp.serving.compression import compress_image, template_edges, vision_signals
 from tokencomp.serving.spec import Spec
-from tokencomp.signals import qk_from_hf_clip_layer
+from tokencomp.signals import qk_from_hf_clip_layer, question_ids
 
 
 @torch.no_grad()
@@ -51,9 +51,10 @@ def prompt_ids(processor, question: str) -> torch.Tensor:
 
 
 def compress_image_for_question(model, processor, image: Image.Image, question: str, spec: Spec) -> Compressed:
-    ids = prompt_ids(processor, question)
+    ids = question_ids(prompt_ids(processor, question).tolist(), *template_edges(processor),
+                       model.config.image_token_index)
     pixel_values = processor.image_processor(image, return_tensors="pt").pixel_values
-    return compress_pixels(model, pixel_values, spec, ids[ids != model.config.image_token_index])
+    return compress_pixels(model, pixel_values, spec, torch.tensor(ids, dtype=torch.long))
 
 
 @torch.no_grad()

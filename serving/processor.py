@@ -9,6 +9,7 @@ token ids when the method reads the question), and emits K image placeholders in
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -19,7 +20,9 @@ from vllm.multimodal.parse import ImageProcessorItems, MultiModalDataItems
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
 from tokencomp.serving import limits, spec
+from tokencomp.serving.compression import template_edges
 from tokencomp.serving.model_support import max_aspect_ratio, server_default, unsupported_reason
+from tokencomp.signals import question_ids
 
 
 def _spec_of(payload: Mapping[str, object]) -> spec.Spec:
@@ -57,12 +60,16 @@ class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
         payload = dataclasses.asdict(resolved)
         if resolved.uses_text():
             image_token = self.info.get_hf_config().image_token_index
-            payload["text_ids"] = [t for t in inputs.prompt if t != image_token]
+            payload["text_ids"] = question_ids(list(inputs.prompt), *self._template_edges, image_token)
             if not payload["text_ids"]:
                 raise VLLMValidationError(f"method {resolved.method!r} reads the question, but the prompt has no text",
                                           parameter="messages")
         kwargs[spec.KEY] = payload  # the resolved spec is part of every item's hash from here on
         return super().apply(dataclasses.replace(inputs, hf_processor_mm_kwargs=kwargs), timing_ctx)
+
+    @functools.cached_property
+    def _template_edges(self) -> tuple[list[int], list[int]]:
+        return template_edges(self.info.get_hf_processor())
 
     def _check_image_sizes(self, images: ImageProcessorItems) -> None:
         bound = max_aspect_ratio(self.info.get_hf_config())

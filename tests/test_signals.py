@@ -12,6 +12,7 @@ from tokencomp.signals import (
     feature_norm,
     qk_from_fused_qkv,
     qk_from_hf_clip_layer,
+    question_ids,
     resolve_importance,
     text_relevance,
 )
@@ -68,3 +69,12 @@ def test_resolve_importance_prefers_explicit_and_normalises():
     assert torch.allclose(r, torch.tensor([0.0, 0.5, 0.25, 1.0]))
     with pytest.raises(ValueError, match="method 'm' needs an importance signal"):
         resolve_importance(tokens, Signals(), "m")
+
+
+def test_question_ids_cut_the_template_head_and_tail_by_hand():
+    head, tail, image = [1, 2, 9], [3, 4], 9  # e.g. "USER:" ":" "<image>" ... "ASSISTANT" ":"
+    assert question_ids([1, 2, 9, 9, 9, 7, 8, 3, 4], head, tail, image) == [7, 8]
+    assert question_ids([0, 1, 2, 9, 7, 8, 3, 4], head, tail, image) == [7, 8], "a BOS before the head is cut too"
+    assert question_ids([5, 9, 7, 8, 3, 4], head, tail, image) == [5, 7, 8, 3, 4], "not this template: all text"
+    assert question_ids([1, 2, 9, 7, 8, 6], head, tail, image) == [1, 2, 7, 8, 6], "no tail: all text"
+    assert question_ids([1, 2, 9, 3, 4], head, tail, image) == [1, 2, 3, 4], "no words between: all text"

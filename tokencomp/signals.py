@@ -54,6 +54,20 @@ def text_relevance(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return cosine_matrix(tokens, text).mean(dim=-1)
 
 
+def question_ids(prompt: list[int], head: list[int], tail: list[int], image_token: int) -> list[int]:
+    """The user's own words [Q] in a rendered one-turn chat prompt [L]: image tokens dropped, then the chat
+    template's fixed head (where it first occurs: an engine may put BOS before it) and tail (when the prompt ends
+    with it) cut off. A prompt the template did not render keeps all its non-image tokens."""
+    ids = [t for t in prompt if t != image_token]
+    head = [t for t in head if t != image_token]
+    tail = [t for t in tail if t != image_token]
+    starts = [i for i in range(len(ids) - len(head) + 1) if ids[i:i + len(head)] == head]
+    end = len(ids) - len(tail)
+    if not starts or ids[end:] != tail or starts[0] + len(head) >= end:
+        return ids
+    return ids[starts[0] + len(head):end]
+
+
 def feature_norm(tokens: torch.Tensor) -> torch.Tensor:
     """L2 norm of each token [N, D] -> [N]."""
     return tokens.float().norm(dim=-1)

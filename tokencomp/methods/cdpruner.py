@@ -11,9 +11,8 @@ Two readings, stated:
   patch embeddings anti-aligned with matching text; the paper's equation has no negation. Our relevance comes
   from the LLM's own input embeddings of the question (the released code's route for models without a CLIP text
   tower), a space with no such inversion, so we follow the paper: more similar means more relevant.
-- Which words. The paper scores the bare question. The serving engines pass the embeddings of every non-image
-  prompt token (the question and the chat template's words around it), because the processor sees the rendered
-  prompt, not the user's message; isolating the question there is still open.
+- Which words. The paper scores the bare question; so do the serving engines, which cut the chat template's
+  fixed head and tail off the rendered prompt (`tokencomp.signals.question_ids`) before embedding it.
 - Depth. The released loop has no rank guard: it picks K tokens by the largest Cholesky residual. Ours does the
   same; the only deviation is that a pick whose residual is not positive (rank exhausted, residual pure rounding)
   updates nothing instead of dividing by the square root of a non-positive number (NaN in the released code).

@@ -64,7 +64,7 @@ def _check_default(model: str, method: str, budget: int | None) -> None:
     except spec.SpecError as exc:
         flag = "--" + exc.field.rsplit(".", 1)[-1]
         raise ValueError(f"{flag} {str(exc).removeprefix(exc.field).strip()}") from None
-    why = unsupported_reason(config)
+    why = unsupported_reason(config, resolved.method)
     if resolved.method != "none" and why:
         raise ValueError(f"--method {method}: {why}")
 

@@ -14,15 +14,19 @@ import torch
 import tokencomp
 from tokencomp.base import Compressed
 from tokencomp.serving.spec import Spec
-from tokencomp.signals import cls_attention
+from tokencomp.signals import cls_attention, received_attention
 
 
-def vision_signals(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cls_attn [N], keys [N, Dh]) of one image from its feature layer's q, k [S, H*Dh] (token 0 = CLS);
-    keys are averaged over heads, as VisionZip compares them."""
+def vision_signals(q: torch.Tensor, k: torch.Tensor, num_heads: int, *, has_cls: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(importance [N], keys [N, Dh]) of one image's patches from its feature layer's q, k [S, H*Dh]; keys are
+    averaged over heads, as VisionZip compares them. With a CLS token (CLIP, token 0) the importance is the
+    CLS->patch attention; without one (SigLIP) it is the mean attention each patch receives."""
     s, width = k.shape
-    keys = k.float().view(s, num_heads, width // num_heads).mean(dim=1)[1:]
-    return cls_attention(q, k, num_heads), keys
+    keys = k.float().view(s, num_heads, width // num_heads).mean(dim=1)
+    if has_cls:
+        return cls_attention(q, k, num_heads), keys[1:]
+    return received_attention(q, k, num_heads), keys
 
 
 _SENTINEL = "\ue000"  # a private-use character: no template or question contains it

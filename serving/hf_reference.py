@@ -1,6 +1,7 @@
 """The same compression in transformers: the reference the served path is checked against, token for token.
 
-Features, CLS attention and keys come from transformers' CLIP (hidden states + the feature layer's q/k); the
+Features, CLS attention and keys come from transformers' CLIP or SigLIP tower (hidden states + the feature
+layer's q/k; without a CLS token the importance is the attention each patch receives); the
 kept tokens come from the same `compress_image` the vLLM model calls; generation is greedy on inputs_embeds.
 """
 
@@ -27,8 +28,9 @@ def compress_pixels(model, pixel_values: torch.Tensor, spec: Spec, text_ids: tor
     hidden = tower(pixel_values.to(model.dtype), output_hidden_states=True).hidden_states
     layer = tower.encoder.layers[layer_idx]
     q, k = qk_from_hf_clip_layer(layer, hidden[layer_idx - 1][0])
-    cls_attn, keys = vision_signals(q, k, layer.self_attn.num_heads)
-    features = hidden[layer_idx][:, 1:]
+    has_cls = config.vision_config.model_type == "clip_vision_model"  # SigLIP towers have none
+    cls_attn, keys = vision_signals(q, k, layer.self_attn.num_heads, has_cls=has_cls)
+    features = hidden[layer_idx][:, 1:] if has_cls else hidden[layer_idx]
     projected = model.model.multi_modal_projector(features)[0]
     side = config.vision_config.image_size // config.vision_config.patch_size
     text = model.get_input_embeddings()(text_ids) if spec.uses_text() else None

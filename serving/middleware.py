@@ -61,7 +61,7 @@ def check(payload: dict, hf_config: object) -> spec.Spec:
         raise spec.SpecError("mm_processor_kwargs", f"accepts only {spec.KEY!r} on this server; got {other}")
     resolved = spec.parse(kwargs.get(spec.KEY), max_budget=image_tokens(hf_config),
                           default=server_default(hf_config))
-    why = unsupported_reason(hf_config)
+    why = unsupported_reason(hf_config, resolved.method)
     if resolved.method != "none" and why:
         raise spec.SpecError(f"{spec.P}.method", why)
     return resolved

@@ -7,7 +7,6 @@ processor in the API server, so nothing here raises on user input.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 
@@ -27,7 +26,7 @@ from tokencomp.signals import qk_from_fused_qkv
 
 _TC_FIELDS = ("tc_spec", "tc_options", "tc_text_ids")
 logger = logging.getLogger("vllm.tokencomp")  # under vLLM's logger, so its handler prints it
-# TOKENCOMP_LOG_KEPT=1: every rank logs a digest of each image's kept indices (tensor-parallel consistency checks)
+# TOKENCOMP_LOG_KEPT=1: every rank logs each image's kept indices (for consistency checks across ranks and engines)
 LOG_KEPT = os.environ.get("TOKENCOMP_LOG_KEPT") == "1"
 
 
@@ -48,7 +47,8 @@ def finite_rows(tokens: torch.Tensor, kept: torch.Tensor, index: torch.Tensor, w
 class TokenCompLlava(LlavaForConditionalGeneration):
     """Every LLaVA checkpoint is served by this class once the plugin is installed; images of method 'none' (the
     default) go through vLLM's own `embed_multimodal` / tower call unchanged, so any LLaVA variant vLLM serves
-    is still served. The processor only lets other methods through for CLIP towers."""
+    is still served. The processor lets other methods through for CLIP towers ('default' features) and SigLIP
+    towers ('full'), refusing on SigLIP the methods defined by CLS attention."""
 
     def embed_multimodal(self, **kwargs: object):
         tc = {name: kwargs.pop(name, None) for name in _TC_FIELDS}
@@ -77,27 +77,35 @@ class TokenCompLlava(LlavaForConditionalGeneration):
                                         grid=(side, side), text=text)
             out[b] = finite_rows(projected[i], compressed.tokens, compressed.index, repr(specs[b]))
             if LOG_KEPT:
-                digest = hashlib.sha1(compressed.index.cpu().numpy().tobytes()).hexdigest()[:12]
-                logger.info("tokencomp: rank=%d method=%s kept=%s", get_tensor_model_parallel_rank(),
-                            specs[b].method, digest)
+                logger.info("tokencomp: rank=%d method=%s kept=%s", get_tensor_model_parallel_rank(), specs[b].method,
+                            ",".join(map(str, compressed.index.tolist())))
         return out
 
     def _tower_with_signals(self, pixel_values: torch.Tensor):
-        """(patch features [B, N, Dv], CLS attention [B, N], head-mean keys [B, N, Dh]) of the feature layer,
-        which is the last layer vLLM instantiates (the tower is truncated at vision_feature_layer)."""
+        """(patch features [B, N, Dv], importance [B, N], head-mean keys [B, N, Dh]) of the feature layer, which
+        is the last layer vLLM instantiates (the tower is truncated at vision_feature_layer). CLIP: CLS first,
+        CLS attention as importance; SigLIP: no CLS, the attention each patch receives."""
         tower = self.vision_tower.vision_model
-        hidden = tower.pre_layrnorm(tower.embeddings(pixel_values.to(tower.dtype)))
+        has_cls = self.config.vision_config.model_type == "clip_vision_model"
+        hidden = tower.embeddings(pixel_values.to(tower.dtype))
+        if has_cls:
+            hidden = tower.pre_layrnorm(hidden)
         *layers, feature_layer = tower.encoder.layers
         for layer in layers:
-            hidden = layer(hidden)
+            hidden = _hidden(layer(hidden))
         local_heads = feature_layer.self_attn.num_heads_per_partition
-        signals = [vision_signals(*qk_from_fused_qkv(feature_layer, h), local_heads) for h in hidden]
+        signals = [vision_signals(*qk_from_fused_qkv(feature_layer, h), local_heads, has_cls=has_cls) for h in hidden]
         cls_attn, keys = torch.stack([s[0] for s in signals]), torch.stack([s[1] for s in signals])
         total_heads = self.config.vision_config.num_attention_heads
         if local_heads < total_heads:
             cls_attn, keys = all_heads_mean(cls_attn, keys, local_heads, total_heads)
-        hidden = feature_layer(hidden)
-        return hidden[:, 1:], cls_attn, keys
+        hidden = _hidden(feature_layer(hidden))
+        return (hidden[:, 1:] if has_cls else hidden), cls_attn, keys
+
+
+def _hidden(out: torch.Tensor | tuple) -> torch.Tensor:
+    """A vLLM encoder layer's hidden states (SigLIP's layers return them with a second, unused value)."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 def all_heads_mean(cls_attn: torch.Tensor, keys: torch.Tensor, local_heads: int, total_heads: int):

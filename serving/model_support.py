@@ -15,17 +15,29 @@ def server_default(hf_config: object) -> spec.Spec:
     return spec.parse(raw, max_budget=10**9) if raw else spec.Spec()
 
 
-def unsupported_reason(hf_config: object) -> str | None:
-    """Why this model's images cannot be compressed (None if they can): CLS attention needs a CLIP tower."""
+# Methods whose definition ranks patches by the CLS token's attention (VisionZip's dominant tokens, VisPruner's
+# important half); ours and MMR read any importance, the rest need none.
+NEEDS_CLS = ("visionzip", "vispruner")
+_TOWERS = {("clip_vision_model", "default"), ("siglip_vision_model", "full")}
+
+
+def unsupported_reason(hf_config: object, method: str | None = None) -> str | None:
+    """Why this model's images cannot be compressed (by `method`, or at all when None); None if they can.
+    Supported: LLaVA with a CLIP tower ('default' features: CLS attention is the importance) or a SigLIP tower
+    ('full' features: no CLS token, so the importance is the attention each patch receives)."""
     model_type = getattr(hf_config, "model_type", None)
     if model_type != "llava":
-        return (f"tokencomp compresses LLaVA models (model type 'llava') with a CLIP vision tower; this model's "
-                f"type is {model_type!r}: only method 'none' is available")
+        return (f"tokencomp compresses LLaVA models (model type 'llava') with a CLIP or SigLIP vision tower; this "
+                f"model's type is {model_type!r}: only method 'none' is available")
     tower = hf_config.vision_config.model_type
     strategy = hf_config.vision_feature_select_strategy
-    if tower != "clip_vision_model" or strategy != "default":
-        return (f"tokencomp compresses LLaVA models with a CLIP vision tower and feature strategy 'default'; this "
-                f"model has {tower!r} / {strategy!r}: only method 'none' is available")
+    if (tower, strategy) not in _TOWERS:
+        return (f"tokencomp compresses LLaVA models with a CLIP tower (feature strategy 'default') or a SigLIP "
+                f"tower ('full'); this model has {tower!r} / {strategy!r}: only method 'none' is available")
+    if tower == "siglip_vision_model" and method in NEEDS_CLS:
+        return (f"method {method!r} ranks patches by the CLS token's attention, and this model's SigLIP tower has "
+                f"no CLS token; use id_pruner, itg or mmr (importance: the attention each patch receives), "
+                f"cdpruner, divprune, random, pool or first")
     return None
 
 

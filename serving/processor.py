@@ -52,7 +52,7 @@ class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
         except spec.SpecError as exc:
             raise VLLMValidationError(str(exc), parameter=exc.field) from None
         if resolved.method != "none":
-            why = unsupported_reason(self.info.get_hf_config())
+            why = unsupported_reason(self.info.get_hf_config(), resolved.method)
             if images is not None and not isinstance(images, ImageProcessorItems):
                 why = "tokencomp compresses pixel inputs only; image embeddings need method 'none'"
             if why:

@@ -29,7 +29,7 @@ def llava_served(tmp_path_factory):
     model_dir = make_llava(tmp_path_factory.mktemp("llava15") / "model")
     log = tmp_path_factory.mktemp("logs") / "server.log"
     config = ServerConfig(model=str(model_dir), port=free_port(), api_key=API_KEY, served_model_name="llava")
-    with running(config, log=log) as url:
+    with running(config, log=log, env={"TOKENCOMP_LOG_KEPT": "1"}) as url:  # kept indices in the log
         yield Served(model_dir, url, log)
 
 

@@ -1,23 +1,31 @@
-"""Models TokenComp does not compress are still served by vLLM's own code with the plugin installed: with method
-`none` a SigLIP-tower LLaVA (no CLS token, 'full' features), Qwen2-VL and Qwen2.5-VL answer with the same tokens
-and the same log-probabilities as vanilla vLLM, and asking them for compression is a 400 that names what is
-missing (never a silent 200 with every token); a server default they cannot apply stops `tokencomp serve`."""
+"""Families beyond LLaVA-1.5's CLIP layout. With method `none` a SigLIP-tower LLaVA (no CLS token, 'full'
+features), Qwen2-VL and Qwen2.5-VL answer with the same tokens and log-probabilities as vanilla vLLM. The SigLIP
+LLaVA compresses (importance: the attention each patch receives) exactly as the transformers reference does,
+except with the methods defined by CLS attention, which are a 400 saying why; compression on Qwen is a 400
+naming the model type (never a silent 200 with every token); a server default they cannot apply stops
+`tokencomp serve`."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import openai
 import pytest
+from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tests.helpers import greedy_with_logprobs, max_logprob_difference
 from tests.llava_fixture import make_llava
 from tests.qwen_fixture import make_qwen
 from tokencomp.bench.hostile import data_url, png
 from tokencomp.bench.load import scene_requests
+from tokencomp.serving.hf_reference import answer
 from tokencomp.serving.launcher import free_port, running
 from tokencomp.serving.server import ServerConfig
+from tokencomp.serving.spec import Spec
+from tokencomp.training import scenes
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +33,20 @@ def siglip_dir(tmp_path_factory):
     return make_llava(tmp_path_factory.mktemp("siglip") / "model", tower="siglip")
 
 
-def _client(model_dir, tmp_path_factory, vanilla: bool):
+def _client(model_dir, tmp_path_factory, vanilla: bool, log: Path | None = None):
     config = ServerConfig(model=str(model_dir), port=free_port(), served_model_name="llava", vanilla=vanilla)
-    return running(config, log=tmp_path_factory.mktemp("logs") / f"server-{'vanilla' if vanilla else 'ours'}.log")
+    log = log or tmp_path_factory.mktemp("logs") / f"server-{'vanilla' if vanilla else 'ours'}.log"
+    return running(config, log=log, env={"TOKENCOMP_LOG_KEPT": "1"})
 
 
 @pytest.fixture(scope="module")
-def ours(siglip_dir, tmp_path_factory):
-    with _client(siglip_dir, tmp_path_factory, vanilla=False) as url:
+def ours_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("logs") / "server-ours.log"
+
+
+@pytest.fixture(scope="module")
+def ours(siglip_dir, tmp_path_factory, ours_log):
+    with _client(siglip_dir, tmp_path_factory, vanilla=False, log=ours_log) as url:
         yield openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
 
 
@@ -51,14 +65,41 @@ def test_none_on_a_siglip_llava_is_vanilla_vllm(ours, vanilla):
         assert max_logprob_difference(logprobs, logprobs_v) == 0.0
 
 
-def test_compressing_a_siglip_llava_is_a_400_naming_the_tower(ours):
+SIGLIP_METHODS = ["id_pruner", "itg", "mmr", "cdpruner", "divprune", "random", "pool", "first"]
+
+
+@pytest.mark.parametrize("method", SIGLIP_METHODS)
+def test_siglip_llava_compresses_as_the_transformers_reference(ours, ours_log, siglip_dir, method):
+    """No CLS token: importance is the attention each patch receives; the served kept indices (which the
+    engine logs with TOKENCOMP_LOG_KEPT=1), prompt lengths and answers equal the transformers reference applying
+    the same selection to its own features."""
+    model = LlavaForConditionalGeneration.from_pretrained(siglip_dir).eval()
+    processor = AutoProcessor.from_pretrained(siglip_dir)
+    full = None
+    for seed, messages in enumerate(scene_requests(2)):
+        question = messages[0]["content"][1]["text"]
+        image = scenes.render(scenes.make_scene("test", seed))
+        served = ours.chat.completions.create(
+            model="llava", messages=messages, max_tokens=5, temperature=0,
+            extra_body={"mm_processor_kwargs": {"tokencomp": {"method": method, "budget": 32}}})
+        expected = answer(model, processor, image, question, Spec(method, 32), max_new_tokens=5)
+        assert served.choices[0].message.content.strip() == expected.text.strip()
+        assert served.usage.prompt_tokens == expected.prompt_tokens
+        logged = re.findall(rf"tokencomp: rank=0 method={method} kept=([\d,]+)", ours_log.read_text())
+        assert logged[-1] == ",".join(map(str, expected.compressed.index.tolist()))
+        full = full or greedy_with_logprobs(ours, messages, {"mm_processor_kwargs": {"tokencomp": {"method": "none"}}})
+        assert full[1] - served.usage.prompt_tokens == 256 - 32  # 16 x 16 patches at 224 px, 32 kept
+
+
+@pytest.mark.parametrize("method", ["visionzip", "vispruner"])
+def test_cls_methods_on_a_siglip_llava_are_a_400_naming_why(ours, method):
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png(224, 224))}},
                                              {"type": "text", "text": "what is the colour ?"}]}]
     with pytest.raises(openai.BadRequestError) as err:
-        ours.chat.completions.create(model="llava", messages=messages, max_tokens=2,
-                                     extra_body={"mm_processor_kwargs": {"tokencomp": {"method": "itg", "budget": 8}}})
+        ours.chat.completions.create(model="llava", messages=messages, max_tokens=2, extra_body={
+            "mm_processor_kwargs": {"tokencomp": {"method": method, "budget": 8}}})
     assert err.value.body["param"] == "mm_processor_kwargs.tokencomp.method"
-    assert "'siglip_vision_model' / 'full'" in err.value.body["message"]
+    assert "SigLIP tower has no CLS token" in err.value.body["message"]
 
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
@@ -91,5 +132,5 @@ def test_a_default_the_model_cannot_apply_stops_the_server_at_start(qwen):
                            "--budget", "64"], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     expected = ("tokencomp serve: error: --method itg: tokencomp compresses LLaVA models (model type 'llava') with "
-                f"a CLIP vision tower; this model's type is '{qwen[0]}': only method 'none' is available")
+                f"a CLIP or SigLIP vision tower; this model's type is '{qwen[0]}': only method 'none' is available")
     assert proc.stderr.strip().splitlines() == [expected]

@@ -27,6 +27,22 @@ def cls_attention(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> torch.Ten
     return scores.softmax(dim=-1).mean(dim=0)[1:]
 
 
+def received_attention(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Mean attention each token receives from all tokens, averaged over heads: the salience of a tower without a
+    CLS token (SigLIP), where no single query summarises the image.
+
+    q, k: [S, H*Dh] projected queries/keys of one image. Returns [S], summing to 1.
+    """
+    s, width = q.shape
+    if width % num_heads:
+        raise ValueError(f"q width {width} is not divisible by num_heads={num_heads}")
+    head_dim = width // num_heads
+    queries = q.float().view(s, num_heads, head_dim).transpose(0, 1)  # [H, S, Dh]
+    keys = k.float().view(s, num_heads, head_dim).transpose(0, 1)
+    scores = queries @ keys.transpose(1, 2) / head_dim**0.5  # [H, S, S]
+    return scores.softmax(dim=-1).mean(dim=(0, 1))
+
+
 def qk_from_hf_clip_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k [S, D] of a transformers `CLIPEncoderLayer` for its input `hidden` [S, D] (one image)."""
     x = layer.layer_norm1(hidden)

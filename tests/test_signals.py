@@ -78,3 +78,17 @@ def test_question_ids_cut_the_template_head_and_tail_by_hand():
     assert question_ids([5, 9, 7, 8, 3, 4], head, tail, image) == [5, 7, 8, 3, 4], "not this template: all text"
     assert question_ids([1, 2, 9, 7, 8, 6], head, tail, image) == [1, 2, 7, 8, 6], "no tail: all text"
     assert question_ids([1, 2, 9, 3, 4], head, tail, image) == [1, 2, 3, 4], "no words between: all text"
+
+
+def test_received_attention_equals_a_loop_over_heads_and_queries():
+    from tokencomp.signals import received_attention
+
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)  # 5 tokens, 2 heads of width 4
+    expected = torch.zeros(5)
+    for h in range(2):
+        qh, kh = q[:, 4 * h:4 * h + 4], k[:, 4 * h:4 * h + 4]
+        for i in range(5):
+            expected += torch.softmax(torch.stack([qh[i] @ kh[j] / 2.0 for j in range(5)]), dim=0) / 10
+    got = received_attention(q, k, 2)
+    assert torch.allclose(got, expected, atol=1e-6) and torch.isclose(got.sum(), torch.tensor(1.0))

@@ -99,8 +99,6 @@ def option_defaults(method: str) -> dict[str, object]:
 def _kind(default: object) -> str:
     if isinstance(default, bool):
         return "true or false"
-    if _is_int(default):
-        return "an integer"
     return "a finite number" + (" or null (the method's own schedule)" if default is None else "")
 
 
@@ -111,10 +109,6 @@ def _check_value(name: str, value: object, default: object) -> object:
         if not isinstance(value, bool):
             raise SpecError(where, f"must be {_kind(default)}; got {value!r}")
         return value
-    if _is_int(default):
-        if not _is_int(value):
-            raise SpecError(where, f"must be {_kind(default)}; got {value!r}")
-        return int(value)
     if value is None and default is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
@@ -175,6 +169,5 @@ def decode(ints: torch.Tensor, opts: torch.Tensor) -> Spec:
     options = {}
     for name, value in zip(defaults, opts.tolist()):
         if not math.isnan(value):
-            kind = type(defaults[name])
-            options[name] = kind(value) if kind in (bool, int) else value
+            options[name] = bool(value) if isinstance(defaults[name], bool) else value
     return Spec(method, budget or None, bool(question_aware), seed, options)

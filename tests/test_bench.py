@@ -59,7 +59,7 @@ def test_bench_serve_smoke(model_dir, tmp_path):
 
 
 def test_ratio_summary_by_hand():
-    from tokencomp.bench.serve_report import ratio_summary, sanity_verdict
+    from tokencomp.benchmarks.serve_report import ratio_summary, sanity_verdict
 
     same = ratio_summary([1.0, 1.0, 1.0])
     assert same == {"median": 1.0, "low": 1.0, "high": 1.0, "rounds": 3}
@@ -100,7 +100,7 @@ def test_bench_bad_arguments_are_one_line(args, message):
 def test_scaled_model_keeps_the_tower_and_has_a_0_3b_llm(model_dir, tmp_path):
     from safetensors import safe_open
 
-    from tokencomp.bench.scaled_model import build_scaled, parameter_count
+    from tokencomp.benchmarks.scaled_model import build_scaled, parameter_count
 
     scaled = build_scaled(model_dir, tmp_path / "scaled")
     counts = parameter_count(scaled)

@@ -19,8 +19,8 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from tests.helpers import greedy_with_logprobs, max_logprob_difference
 from tests.llava_fixture import make_llava
 from tests.qwen_fixture import make_qwen
-from tokencomp.bench.hostile import data_url, png
-from tokencomp.bench.load import scene_requests
+from tokencomp.benchmarks.hostile import data_url, png
+from tokencomp.benchmarks.load import scene_requests
 from tokencomp.serving.hf_reference import answer
 from tokencomp.serving.launcher import free_port, running
 from tokencomp.serving.server import ServerConfig

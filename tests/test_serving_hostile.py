@@ -1,5 +1,5 @@
 """A hostile or careless client against a real `tokencomp serve` (the shared session server of conftest): every
-kind of bad request in `tokencomp.bench.hostile` is a 4xx that harms no other request, the corrected retry of
+kind of bad request in `tokencomp.benchmarks.hostile` is a 4xx that harms no other request, the corrected retry of
 a request refused after its image was processed succeeds, and /metrics and the log count only what was served."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import openai
 import pytest
 
 from tests.conftest import API_KEY
-from tokencomp.bench.hostile import HOSTILE, data_url, png
-from tokencomp.bench.load import scene_requests
+from tokencomp.benchmarks.hostile import HOSTILE, data_url, png
+from tokencomp.benchmarks.load import scene_requests
 
 BY_NAME = {h.name: h for h in HOSTILE}
 TC = {"method": "itg", "budget": 16}

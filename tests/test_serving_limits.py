@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tokencomp.bench.hostile import png, png_bomb
+from tokencomp.benchmarks.hostile import png, png_bomb
 from tokencomp.serving import spec
 from tokencomp.serving.limits import aspect_ratio_error, install_image_guards
 from tokencomp.serving.server import images_in_context

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.helpers import greedy_with_logprobs
-from tokencomp.bench.load import scene_requests
+from tokencomp.benchmarks.load import scene_requests
 from tokencomp.serving.launcher import free_port, running
 from tokencomp.serving.server import ServerConfig
 

@@ -12,7 +12,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("tokencomp.eval.cli", "run VQA benchmarks over methods x budgets"),
     "demo": ("tokencomp.demo.cli", "launch the Gradio demo"),
     "train": ("tokencomp.training.cli", "train a model with a recipe"),
-    "bench": ("tokencomp.bench", "benchmarks (select: selection latency)"),
+    "bench": ("tokencomp.benchmarks", "benchmarks (select: selection latency)"),
 }
 
 

@@ -7,8 +7,8 @@ import importlib
 
 from tokencomp.cli import add_named
 
-_BENCHMARKS = {"select": "tokencomp.bench.selection", "serve": "tokencomp.bench.serving",
-               "soak": "tokencomp.bench.soak"}
+_BENCHMARKS = {"select": "tokencomp.benchmarks.selection", "serve": "tokencomp.benchmarks.serving",
+               "soak": "tokencomp.benchmarks.soak"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,8 +23,8 @@ import openai
 from tqdm import tqdm
 
 import tokencomp
-from tokencomp.bench.hostile import HOSTILE
-from tokencomp.bench.load import MemoryWatch, scene_requests
+from tokencomp.benchmarks.hostile import HOSTILE
+from tokencomp.benchmarks.load import MemoryWatch, scene_requests
 from tokencomp.serving.launcher import free_port, running
 from tokencomp.serving.server import DEFAULT_MODEL, ServerConfig
 

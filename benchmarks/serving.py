@@ -25,8 +25,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 import tokencomp
-from tokencomp.bench.load import drive, scene_requests
-from tokencomp.bench.serve_report import write_report
+from tokencomp.benchmarks.load import drive, scene_requests
+from tokencomp.benchmarks.serve_report import write_report
 from tokencomp.serving.launcher import free_port, running
 from tokencomp.serving.server import DEFAULT_MODEL, ServerConfig
 
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     models = [args.model]
     if args.scaled:
-        from tokencomp.bench.scaled_model import build_scaled
+        from tokencomp.benchmarks.scaled_model import build_scaled
 
         models = [build_scaled(args.model, Path.home() / ".cache" / "tokencomp" / "scaled-llava-0.3b")]
     total = len(models) * args.rounds * len(settings(args.methods, args.budgets)) * len(variants(args.long_tokens))

@@ -7,7 +7,8 @@ import importlib
 
 from tokencomp.cli import add_named
 
-RECIPES = {"tiny-llava": "tokencomp.training.recipes.tiny_llava"}
+RECIPES = {"tiny-llava": "tokencomp.training.recipes.tiny_llava",
+           "visual-prompt": "tokencomp.training.recipes.visual_prompt"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,8 @@ import importlib
 from tokencomp.cli import add_named
 
 RECIPES = {"tiny-llava": "tokencomp.training.recipes.tiny_llava",
-           "visual-prompt": "tokencomp.training.recipes.visual_prompt"}
+           "visual-prompt": "tokencomp.training.recipes.visual_prompt",
+           "sparse-sam-study": "tokencomp.training.recipes.sparse_sam_study"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

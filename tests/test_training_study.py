@@ -27,3 +27,22 @@ def test_smoke_study_writes_report_with_pass_budgets(tmp_path):
             assert first["backwards"] == steps * per_step
         if run["step"] == "zosam":
             assert first["forwards"] == steps * (2 * args.q + 1)
+
+
+def _seeds(accuracy: float, spread: float) -> list[dict]:
+    return [{"accuracy": accuracy + d, "sharpness": 0.1, "hessian": 1.0, "seconds": 1.0, "cosine": 0.05}
+            for d in (-spread, 0.0, spread)]
+
+
+def test_verdicts_call_a_difference_only_beyond_noise():
+    results = {sparse_sam_study._label(run): {"run": run.__dict__, "seeds": _seeds(0.5, 0.01)}
+               for run in sparse_sam_study.runs(smoke=False)}
+    results[sparse_sam_study._label(sparse_sam_study.Run("sam", 1.0))]["seeds"] = _seeds(0.7, 0.01)
+    results[sparse_sam_study._label(sparse_sam_study.Run("s2sam", 1.0))]["seeds"] = _seeds(0.3, 0.01)
+    results[sparse_sam_study._label(sparse_sam_study.Run("zosam", 1.0))]["seeds"] = _seeds(0.505, 0.05)
+    lines = sparse_sam_study.verdicts(results)
+    line = {key: next(x for x in lines if x.startswith(f"- {key} vs SGD, dense, equal epochs"))
+            for key in ("SAM", "S2-SAM", "ZO-SAM")}
+    assert "higher accuracy? yes" in line["SAM"]
+    assert "higher accuracy? no, the opposite" in line["S2-SAM"]
+    assert "higher accuracy? within noise" in line["ZO-SAM"]

@@ -13,6 +13,7 @@ from tokencomp.serving import spec
 from tokencomp.serving.limits import DEFAULT_MAX_ASPECT_RATIO
 from tokencomp.serving.model_support import image_tokens, unsupported_reason
 from tokencomp.serving.server import DEFAULT_MODEL, ServerConfig
+from tokencomp.serving.visual_prompt import load_visual_prompt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="vLLM's processed-image cache, in shared memory (0: off)")
     parser.add_argument("--allow-local-media", default=None, metavar="DIR",
                         help="allow file:// images under DIR; off by default")
+    parser.add_argument("--visual-prompt", default=None, metavar="FILE",
+                        help="add this learned padding prompt (tokencomp train visual-prompt) to every image")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -47,12 +50,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         if value is not None and not value >= low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     _check_default(args.model, args.method, args.budget)  # fail before the slow start
+    if args.visual_prompt:
+        load_visual_prompt(args.visual_prompt)  # a missing or wrong file is one line, before the slow start
     return ServerConfig(model=args.model, method=args.method, budget=args.budget, host=args.host, port=args.port,
                         api_key=args.api_key, max_images=args.max_images, max_model_len=args.max_model_len,
                         kv_cache_gib=args.kv_cache_gib, media_domains=args.media_domains,
                         local_media_path=args.allow_local_media,
                         max_image_pixels=args.max_image_pixels, max_image_aspect_ratio=args.max_image_aspect_ratio,
-                        processor_cache_gib=args.processor_cache_gib)
+                        processor_cache_gib=args.processor_cache_gib, visual_prompt=args.visual_prompt)
 
 
 def _check_default(model: str, method: str, budget: int | None) -> None:

@@ -22,6 +22,7 @@ from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 from tokencomp.serving import limits, spec
 from tokencomp.serving.compression import template_edges
 from tokencomp.serving.model_support import max_aspect_ratio, server_default, unsupported_reason
+from tokencomp.serving.visual_prompt import server_prompt
 from tokencomp.signals import question_ids
 
 
@@ -85,6 +86,9 @@ class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
         hf_kwargs = dict(hf_kwargs)
         payload = hf_kwargs.pop(spec.KEY)  # never reaches the HF processor
         out = super()._call_hf_processor(hf_data, hf_kwargs)
+        prompt = server_prompt(self.info.get_hf_config())
+        if prompt is not None:  # `tokencomp serve --visual-prompt`: before pruning sees the pixels
+            out["pixel_values"] = prompt.apply(out["pixel_values"])
         n_images = len(out["pixel_values"])
         out.update(spec.encode(_spec_of(payload), n_images))
         text_ids = torch.tensor(payload.get("text_ids", []), dtype=torch.long)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokencomp.serving.limits import DEFAULT_MAX_ASPECT_RATIO
+from tokencomp.serving.visual_prompt import PROMPT_KEY
 
 
 def images_in_context(model: str, max_model_len: int | None) -> int:
@@ -53,11 +54,14 @@ class ServerConfig:
     processor_cache_gib: float = 1.0
     vanilla: bool = False  # plain vLLM for comparisons: same flags, TokenComp's plugin and middleware not loaded
     served_model_name: str | None = None
+    visual_prompt: str | None = None  # a learned padding prompt file the processor adds to every image's pixels
     extra: list[str] = field(default_factory=list)  # further vLLM flags, passed through
 
     def vllm_args(self) -> list[str]:
         default = {"method": self.method} | ({"budget": self.budget} if self.budget is not None else {})
         overrides = {"tokencomp": default, "tokencomp_limits": {"max_image_aspect_ratio": self.max_image_aspect_ratio}}
+        if self.visual_prompt:
+            overrides[PROMPT_KEY] = str(Path(self.visual_prompt).resolve())
         max_images = self.max_images or images_in_context(self.model, self.max_model_len)
         args = [
             "--model", self.model,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
@@ -67,7 +68,10 @@ def load_visual_prompt(path: str | Path) -> VisualPrompt:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"visual prompt file {str(path)!r} does not exist")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as exc:
+        raise ValueError(f"{str(path)!r} is not a visual prompt: not a safetensors file ({exc})") from None
     prompt, frame = tensors.get("prompt"), tensors.get("frame")
     if prompt is None or frame is None or prompt.dim() != 3 or prompt.shape[0] != 3 \
             or frame.shape != prompt.shape[1:] or frame.dtype != torch.bool:

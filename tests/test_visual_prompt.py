@@ -62,6 +62,9 @@ def test_bad_prompt_file_is_named(tmp_path):
     save_file({"weights": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match="not a visual prompt"):
         load_visual_prompt(tmp_path / "w.safetensors")
+    (tmp_path / "notes.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        load_visual_prompt(tmp_path / "notes.json")
     with pytest.raises(FileNotFoundError, match="missing"):
         load_visual_prompt(tmp_path / "missing.safetensors")
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -51,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicates", type=int, default=REPLICATES, help="bootstrap replicates")
     parser.add_argument("--no-baselines", action="store_true", help=f"do not add {' and '.join(BASELINES)}")
     parser.add_argument("--out", type=Path, required=True, help="results folder (re-running resumes)")
+    parser.add_argument("--label-map", type=Path, default=None, metavar="FILE",
+                        help="score each answer as the target label it maps to (tokencomp train visual-prompt)")
 
 
 def parse_options(items: list[str]) -> dict[str, dict[str, object]]:
@@ -172,6 +176,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--replicates must be at least 100 for a 95 % interval, got {args.replicates}")
     samples = {t.name: tasks.load(t, args.data_dir, args.limit, args.split) for t in chosen}
     labels = {t.name: tasks.label(t, args.split) for t in chosen}
+    if args.label_map is not None:
+        from tokencomp.training.label_mapping import load_label_map, mapped_scorer
+
+        label_map = load_label_map(args.label_map)
+        chosen = [dataclasses.replace(t, score=mapped_scorer(t.score, label_map)) for t in chosen]
+        # mapped scores are logged apart from plain ones: the map's digest is part of the task label
+        digest = hashlib.sha256(args.label_map.read_bytes()).hexdigest()[:8]
+        labels = {name: f"{label}_map-{digest}" for name, label in labels.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     with _runner(args, args.out, list(labels.values())) as (model, answer):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import tokencomp
 from tests.helpers import make_signals
 from tokencomp.methods.cdpruner import greedy_map_dpp
-from tokencomp.methods.id_pruner import objective, select_by_coverage
+from tokencomp.methods.id_pruner import ALPHA, objective, select_by_coverage
 
 
 def _cos(x: torch.Tensor) -> np.ndarray:
@@ -152,7 +152,7 @@ def _naive_greedy(sim, r, k, alpha) -> list[int]:
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("alpha", [0.0, ALPHA, 0.5, 0.9])
 def test_lazy_greedy_equals_naive_greedy(seed, alpha):
     sim, r = _problem(40, seed)  # float64 reference; the method runs in float32
     assert select_by_coverage(sim.float(), r.float(), 10, alpha).tolist() == _naive_greedy(sim, r, 10, alpha)
@@ -193,7 +193,7 @@ def test_id_pruner_spends_rho_k_on_top_importance_then_coverage():
     top = torch.sort(r, descending=True, stable=True).indices[:8]
     assert set(top.tolist()) <= set(out.index.tolist())
     sim = torch.from_numpy(_cos(tokens)).float()
-    rest = select_by_coverage(sim, r.float(), 16, 0.5, preselected=top)
+    rest = select_by_coverage(sim, r.float(), 16, ALPHA, preselected=top)
     assert out.index.tolist() == sorted(rest.tolist())
 
 

@@ -40,7 +40,7 @@ def reference_answer(model, processor, image, spec: Spec, prompt=None) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["id_pruner"])
+@pytest.mark.parametrize("method", ["pool"])  # at K = 64 the prompt changes 1 of 8 answers (0 with id_pruner)
 def test_served_prompt_matches_transformers_with_pruning(tmp_path, method):
     model = LlavaForConditionalGeneration.from_pretrained(DEFAULT_MODEL).eval()
     processor = AutoProcessor.from_pretrained(DEFAULT_MODEL)

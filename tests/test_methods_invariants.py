@@ -1,4 +1,4 @@
-"""Invariants every registered method must keep (DESIGN.md §4), checked over all of them."""
+"""Invariants every registered method must keep (README: The API in five lines), checked over all of them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Make PyPI torchvision importable beside CPU torch (DESIGN.md §5.1).
+"""Make PyPI torchvision importable beside CPU torch (README: Known setup traps).
 
 PyPI's torchvision is a CUDA build; next to `torch==2.13.0+cpu` its C ops fail to load and its import dies in
 `torch.library.register_fake("torchvision::nms")` because the operator schema does not exist. Declaring the

@@ -1,7 +1,7 @@
 """Save a transformers LLaVA model in the llava-hf key layout, which both transformers and vLLM load.
 
 transformers 5 writes `model.vision_tower.encoder...`; vLLM (and every llava-hf checkpoint) expects
-`vision_tower.vision_model.encoder...` (DESIGN.md §5.4).
+`vision_tower.vision_model.encoder...` (README: Known setup traps).
 """
 
 from __future__ import annotations

@@ -38,16 +38,18 @@ def data_url(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-def _with_image(messages: list[dict], data: bytes) -> list[dict]:
-    """The conversation with its image replaced by `data`."""
-    content = [part if part.get("type") != "image_url" else {"type": "image_url", "image_url": {"url": data_url(data)}}
-               for part in messages[-1]["content"]]
+def _replace_part(messages: list[dict], kind: str, part: dict) -> list[dict]:
+    """The conversation with its last turn's content part of type `kind` replaced by `part`."""
+    content = [part if old.get("type") == kind else old for old in messages[-1]["content"]]
     return [*messages[:-1], {**messages[-1], "content": content}]
+
+
+def _with_image(messages: list[dict], data: bytes) -> list[dict]:
+    return _replace_part(messages, "image_url", {"type": "image_url", "image_url": {"url": data_url(data)}})
 
 
 def _question(messages: list[dict], text: str) -> list[dict]:
-    content = [part if part.get("type") != "text" else {"type": "text", "text": text} for part in messages[-1]["content"]]
-    return [*messages[:-1], {**messages[-1], "content": content}]
+    return _replace_part(messages, "text", {"type": "text", "text": text})
 
 
 def _spec(tc: dict) -> dict:

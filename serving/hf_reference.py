@@ -14,6 +14,7 @@ from PIL import Image
 
 from tokencomp.base import Compressed
 from tokencomp.serving.compression import compress_image, template_edges, vision_signals
+from tokencomp.serving.model_support import has_cls_token
 from tokencomp.serving.spec import Spec
 from tokencomp.signals import qk_from_hf_clip_layer, question_ids
 
@@ -28,7 +29,7 @@ def compress_pixels(model, pixel_values: torch.Tensor, spec: Spec, text_ids: tor
     hidden = tower(pixel_values.to(model.dtype), output_hidden_states=True).hidden_states
     layer = tower.encoder.layers[layer_idx]
     q, k = qk_from_hf_clip_layer(layer, hidden[layer_idx - 1][0])
-    has_cls = config.vision_config.model_type == "clip_vision_model"  # SigLIP towers have none
+    has_cls = has_cls_token(config)
     cls_attn, keys = vision_signals(q, k, layer.self_attn.num_heads, has_cls=has_cls)
     features = hidden[layer_idx][:, 1:] if has_cls else hidden[layer_idx]
     projected = model.model.multi_modal_projector(features)[0]

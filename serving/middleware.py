@@ -12,16 +12,16 @@ Requests without a valid API key pass through untouched, so vLLM's authenticatio
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import secrets
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from vllm import envs
+from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
 
 from tokencomp.serving import metrics, spec
-from tokencomp.serving.model_support import image_tokens, server_default, unsupported_reason
+from tokencomp.serving.model_support import image_tokens, resolve_request
 
 logger = logging.getLogger("vllm.tokencomp")  # under vLLM's logger, so its handler prints it
 _IMAGE_PARTS = {"image_url", "input_image", "image_pil", "image_embeds"}
@@ -34,13 +34,9 @@ def _error(message: str, param: str) -> JSONResponse:
 
 
 def _authorised(request: Request) -> bool:
-    keys = [k for k in (getattr(request.app.state.args, "api_key", None) or []) if k]
-    if not keys:
-        return True
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    digest = hashlib.sha256(token.encode()).digest()
-    return scheme.lower() == "bearer" and any(
-        secrets.compare_digest(digest, hashlib.sha256(k.encode()).digest()) for k in keys)
+    """The check vLLM's own authentication middleware makes (which runs after this one)."""
+    keys = [k for k in (request.app.state.args.api_key or [envs.VLLM_API_KEY]) if k]
+    return not keys or AuthenticationMiddleware(request.app, keys).verify_token(request.headers)
 
 
 def count_images(messages: object) -> int:
@@ -49,22 +45,6 @@ def count_images(messages: object) -> int:
         return 0
     return sum(1 for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list)
                for part in m["content"] if isinstance(part, dict) and part.get("type") in _IMAGE_PARTS)
-
-
-def check(payload: dict, hf_config: object) -> spec.Spec:
-    """The request's resolved spec, or a SpecError naming the bad field."""
-    kwargs = payload.get("mm_processor_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        return spec.Spec()  # vLLM's own request schema refuses it
-    other = sorted(set(kwargs) - {spec.KEY})
-    if other:
-        raise spec.SpecError("mm_processor_kwargs", f"accepts only {spec.KEY!r} on this server; got {other}")
-    resolved = spec.parse(kwargs.get(spec.KEY), max_budget=image_tokens(hf_config),
-                          default=server_default(hf_config))
-    why = unsupported_reason(hf_config, resolved.method)
-    if resolved.method != "none" and why:
-        raise spec.SpecError(f"{spec.P}.method", why)
-    return resolved
 
 
 async def tokencomp_requests(request: Request, call_next) -> Response:
@@ -77,8 +57,11 @@ async def tokencomp_requests(request: Request, call_next) -> Response:
     if not isinstance(payload, dict):
         return await call_next(request)
     hf_config = request.app.state.vllm_config.model_config.hf_config
+    kwargs = payload.get("mm_processor_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        return await call_next(request)  # vLLM's own request schema refuses it
     try:
-        resolved = check(payload, hf_config)
+        resolved = resolve_request(kwargs, hf_config)
     except spec.SpecError as exc:
         return _error(str(exc), exc.field)
     response = await call_next(request)

@@ -21,6 +21,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from tokencomp.serving import spec
 from tokencomp.serving.compression import compress_image, vision_signals
+from tokencomp.serving.model_support import has_cls_token
 from tokencomp.serving.processor import TokenCompLlavaProcessor
 from tokencomp.signals import qk_from_fused_qkv
 
@@ -86,7 +87,7 @@ class TokenCompLlava(LlavaForConditionalGeneration):
         is the last layer vLLM instantiates (the tower is truncated at vision_feature_layer). CLIP: CLS first,
         CLS attention as importance; SigLIP: no CLS, the attention each patch receives."""
         tower = self.vision_tower.vision_model
-        has_cls = self.config.vision_config.model_type == "clip_vision_model"
+        has_cls = has_cls_token(self.config)
         hidden = tower.embeddings(pixel_values.to(tower.dtype))
         if has_cls:
             hidden = tower.pre_layrnorm(hidden)

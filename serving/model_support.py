@@ -3,6 +3,8 @@ transformers config (`hf_config` in vLLM's processes, `AutoConfig` in the CLI): 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from tokencomp.serving import spec
 from tokencomp.serving.limits import DEFAULT_MAX_ASPECT_RATIO
 
@@ -34,11 +36,16 @@ def unsupported_reason(hf_config: object, method: str | None = None) -> str | No
     if (tower, strategy) not in _TOWERS:
         return (f"tokencomp compresses LLaVA models with a CLIP tower (feature strategy 'default') or a SigLIP "
                 f"tower ('full'); this model has {tower!r} / {strategy!r}: only method 'none' is available")
-    if tower == "siglip_vision_model" and method in NEEDS_CLS:
+    if not has_cls_token(hf_config) and method in NEEDS_CLS:
         return (f"method {method!r} ranks patches by the CLS token's attention, and this model's SigLIP tower has "
                 f"no CLS token; use id_pruner, itg or mmr (importance: the attention each patch receives), "
                 f"cdpruner, divprune, random, pool or first")
     return None
+
+
+def has_cls_token(hf_config: object) -> bool:
+    """Whether the tower puts a CLS token first (CLIP), whose attention ranks the patches; SigLIP has none."""
+    return hf_config.vision_config.model_type == "clip_vision_model"
 
 
 def image_tokens(hf_config: object) -> int:
@@ -54,3 +61,18 @@ def max_aspect_ratio(hf_config: object) -> float:
     """The server's image aspect-ratio bound (`tokencomp serve --max-image-aspect-ratio` sets it)."""
     limits = getattr(hf_config, LIMITS_KEY, None) or {}
     return float(limits.get("max_image_aspect_ratio", DEFAULT_MAX_ASPECT_RATIO))
+
+
+def resolve_request(mm_kwargs: Mapping[str, object], hf_config: object) -> spec.Spec:
+    """A request's resolved spec from its `mm_processor_kwargs` (over the server default), or a SpecError naming
+    the bad field: only the `tokencomp` key is accepted, and a method other than `none` must be one this model
+    can apply. The API middleware (every request) and the processor (image requests) both call this."""
+    other = sorted(set(mm_kwargs) - {spec.KEY})
+    if other:
+        raise spec.SpecError("mm_processor_kwargs", f"accepts only {spec.KEY!r} on this server; got {other}")
+    resolved = spec.parse(mm_kwargs.get(spec.KEY), max_budget=image_tokens(hf_config),
+                          default=server_default(hf_config))
+    why = unsupported_reason(hf_config, resolved.method)
+    if resolved.method != "none" and why:
+        raise spec.SpecError(f"{spec.P}.method", why)
+    return resolved

@@ -21,7 +21,7 @@ from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
 from tokencomp.serving import limits, spec
 from tokencomp.serving.compression import template_edges
-from tokencomp.serving.model_support import max_aspect_ratio, server_default, unsupported_reason
+from tokencomp.serving.model_support import max_aspect_ratio, resolve_request
 from tokencomp.serving.visual_prompt import server_prompt
 from tokencomp.signals import question_ids
 
@@ -39,25 +39,16 @@ class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
 
     def apply(self, inputs, timing_ctx):
         kwargs = dict(inputs.hf_processor_mm_kwargs)
-        other = sorted(set(kwargs) - {spec.KEY})
-        if other:
-            raise VLLMValidationError(f"mm_processor_kwargs accepts only {spec.KEY!r} on this server; got {other}",
-                                      parameter="mm_processor_kwargs")
+        try:
+            resolved = resolve_request(kwargs, self.info.get_hf_config())
+        except spec.SpecError as exc:
+            raise VLLMValidationError(str(exc), parameter=exc.field) from None
         images = inputs.mm_data_items.get("image") if "image" in inputs.mm_data_items else None
         if isinstance(images, ImageProcessorItems):
             self._check_image_sizes(images)
-        n_max = self.info.get_max_image_tokens()
-        try:
-            resolved = spec.parse(kwargs.get(spec.KEY), max_budget=n_max,
-                                  default=server_default(self.info.get_hf_config()))
-        except spec.SpecError as exc:
-            raise VLLMValidationError(str(exc), parameter=exc.field) from None
-        if resolved.method != "none":
-            why = unsupported_reason(self.info.get_hf_config(), resolved.method)
-            if images is not None and not isinstance(images, ImageProcessorItems):
-                why = "tokencomp compresses pixel inputs only; image embeddings need method 'none'"
-            if why:
-                raise VLLMValidationError(why, parameter=f"{spec.P}.method")
+        if resolved.method != "none" and images is not None and not isinstance(images, ImageProcessorItems):
+            raise VLLMValidationError("tokencomp compresses pixel inputs only; image embeddings need method 'none'",
+                                      parameter=f"{spec.P}.method")
         payload = dataclasses.asdict(resolved)
         if resolved.uses_text():
             image_token = self.info.get_hf_config().image_token_index

@@ -46,7 +46,7 @@ def test_engine_size_noise_keeps_the_stated_overlap(method):
         assert len(kept & clean) / 64 >= MIN_OVERLAP.get(method, 0.9), (s, len(kept & clean))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CPU-only runs cover the other tests")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compares CUDA kept sets with the CPU's: needs a CUDA device")
 @pytest.mark.parametrize("method", METHODS)
 def test_cuda_keeps_what_the_cpu_keeps_within_the_stated_overlap(method):
     base, signals = _backgrounds()

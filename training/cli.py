@@ -9,6 +9,7 @@ from tokencomp.cli import add_named
 
 RECIPES = {"tiny-llava": "tokencomp.training.recipes.tiny_llava",
            "visual-prompt": "tokencomp.training.recipes.visual_prompt",
+           "optima": "tokencomp.training.recipes.optima",
            "sparse-sam-study": "tokencomp.training.recipes.sparse_sam_study"}
 
 

@@ -10,7 +10,8 @@ from tokencomp.cli import add_named
 RECIPES = {"tiny-llava": "tokencomp.training.recipes.tiny_llava",
            "visual-prompt": "tokencomp.training.recipes.visual_prompt",
            "optima": "tokencomp.training.recipes.optima",
-           "sparse-sam-study": "tokencomp.training.recipes.sparse_sam_study"}
+           "sparse-sam-study": "tokencomp.training.recipes.sparse_sam_study",
+           "sparse-llava": "tokencomp.training.recipes.sparse_llava"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

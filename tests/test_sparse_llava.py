@@ -1,0 +1,128 @@
+"""The sparse-llava recipe's smoke run on a tiny random LLaVA of the shipped architecture (scene tokenizer,
+CLIP tower, LLaMA decoder): every sparsified tensor of the saved checkpoint holds exactly its budget's zeros
+(+0.0), transformers loads it with every key, the card states each tensor's zeros, the one-shot magnitude run
+keeps its magnitude mask while RigL moves its mask, and the frozen tower is untouched."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LlavaForConditionalGeneration
+
+from tokencomp.cli import main as cli_main
+from tokencomp.training.components import build_model
+from tokencomp.training.llava_hf import save_llava_hf
+from tokencomp.training.recipes import sparse_llava
+from tokencomp.training.sparsifier import layer_budgets, top_k_mask
+from tokencomp.training.tokenizer import build_processor, build_tokenizer
+
+GRID = {"bidst-90": 0.9, "rigl-70": 0.7, "magnitude-50": 0.5, "dense-0": 0.0}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """(dense model folder, run folder) after `tokencomp train sparse-llava --smoke` on a tiny LLaVA."""
+    root = tmp_path_factory.mktemp("sparse_llava")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = build_model(len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                        pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id,
+                        eos_id=tokenizer.eos_token_id, vision_width=32, vision_layers=2, text_width=64,
+                        text_layers=2)
+    dense = save_llava_hf(model.eval(), root / "dense", build_processor(tokenizer))
+    out = root / "runs"
+    assert cli_main(["train", "sparse-llava", "--smoke", "--model", str(dense), "--out", str(out),
+                     "--grid", *GRID]) == 0
+    return dense, out
+
+
+def _masked_keys(path) -> set[str]:
+    return set(sparse_llava.masked_weights(LlavaForConditionalGeneration.from_pretrained(path)))
+
+
+@pytest.mark.parametrize("name", [n for n, s in GRID.items() if s > 0])
+def test_every_sparsified_tensor_has_exactly_its_budget_of_zeros(smoke, name):
+    dense, out = smoke
+    state = load_file(out / name / "model.safetensors")
+    keys = _masked_keys(dense)
+    # the decoder's 7 linear layers per block (2 blocks) and the projector's 2
+    assert len(keys) == 7 * 2 + 2
+    budgets = layer_budgets({k: state[k].shape for k in keys}, 1 - GRID[name], "erk")
+    for key in keys:
+        tensor = state[key]
+        zeros = tensor == 0
+        assert int(zeros.sum()) == tensor.numel() - budgets[key], key
+        assert not torch.signbit(tensor[zeros]).any(), f"{key} holds -0.0"
+    total = sum(state[k].numel() for k in keys)
+    assert sum(int((state[k] == 0).sum()) for k in keys) == pytest.approx(GRID[name] * total, abs=len(keys))
+
+
+def test_dense_control_stays_dense_and_tower_is_frozen(smoke):
+    dense, out = smoke
+    before = load_file(dense / "model.safetensors")
+    for name in GRID:
+        after = load_file(out / name / "model.safetensors")
+        assert after.keys() == before.keys()
+        for key in (k for k in before if k.startswith("vision_tower.")):
+            assert torch.equal(after[key], before[key]), key
+    state = load_file(out / "dense-0" / "model.safetensors")
+    assert all(int((state[k] == 0).sum()) == 0 for k in _masked_keys(dense))
+
+
+def test_magnitude_keeps_its_one_shot_mask_and_rigl_moves_its_mask(smoke):
+    dense, out = smoke
+    before = load_file(dense / "model.safetensors")
+    keys = _masked_keys(dense)
+    moved = 0
+    for name in ("magnitude-50", "rigl-70"):
+        state = load_file(out / name / "model.safetensors")
+        budgets = layer_budgets({k: before[k].shape for k in keys}, 1 - GRID[name], "erk")
+        for key in keys:
+            one_shot = top_k_mask(before[key].abs(), budgets[key])
+            if name == "magnitude-50":
+                assert torch.equal(state[key] != 0, one_shot), key
+            else:
+                moved += int(((state[key] != 0) & ~one_shot).sum())
+    assert moved > 0  # RigL's update at step 2 of 4 grew weights outside the one-shot mask
+
+
+def test_transformers_loads_every_key(smoke):
+    _, out = smoke
+    for name in GRID:
+        model, info = LlavaForConditionalGeneration.from_pretrained(out / name, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], (name, info)
+        saved = load_file(out / name / "model.safetensors")
+        q = "language_model.model.layers.0.self_attn.q_proj.weight"
+        assert torch.equal(model.model.language_model.layers[0].self_attn.q_proj.weight, saved[q])
+
+
+def test_card_states_every_tensors_sparsity(smoke):
+    dense, out = smoke
+    keys = _masked_keys(dense)
+    for name in GRID:
+        card = (out / name / "README.md").read_text()
+        state = load_file(out / name / "model.safetensors")
+        for key, tensor in state.items():
+            zeros = int((tensor == 0).sum())
+            shown = f"**{key}**" if key in keys else key
+            row = (f"| {shown} | {'x'.join(map(str, tensor.shape))} | {zeros} | "
+                   f"{100 * zeros / tensor.numel():.2f} |")
+            assert row in card, row
+        masked = sum(state[k].numel() for k in keys)
+        stated = re.search(r"Masked weights: (\d+), zeros (\d+)", card)
+        assert (int(stated[1]), int(stated[2])) == (masked, sum(int((state[k] == 0).sum()) for k in keys))
+
+
+def test_bad_grid_item_is_one_clear_error():
+    args = argparse.Namespace(grid=["bidst-ninety"], methods=[], sparsities=[])
+    with pytest.raises(SystemExit, match="bidst-ninety"):
+        sparse_llava.plan(args)
+    args.grid = ["rigl-90", "dense-0"]
+    assert sparse_llava.plan(args) == [("rigl", 0.9), ("dense", 0.0)]
+    assert math.isclose(sparse_llava.plan(argparse.Namespace(grid=None, methods=["bidst", "dense"],
+                                                             sparsities=[0.5]))[0][1], 0.5)

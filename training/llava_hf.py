@@ -27,15 +27,18 @@ def llava_hf_key(name: str) -> str:
     raise ValueError(f"unexpected LLaVA parameter name {name!r}")
 
 
-def save_llava_hf(model: torch.nn.Module, path: str | Path, processor=None) -> Path:
-    """Write config, weights (llava-hf keys, one safetensors file) and, if given, the processor to `path`."""
+def save_llava_hf(model: torch.nn.Module, path: str | Path, processor=None,
+                  state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write config, weights (llava-hf keys, one safetensors file; `state` if given: tensors already under
+    their checkpoint names) and, if given, the processor to `path`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.config.architectures = [type(model).__name__]  # engines pick the model class by this name
     model.config.save_pretrained(path)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(path)
-    state = {llava_hf_key(k): v.detach().contiguous() for k, v in model.state_dict().items()}
+    if state is None:
+        state = {llava_hf_key(k): v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("language_model.lm_head.weight", None)
     save_file(state, path / "model.safetensors", metadata={"format": "pt"})

@@ -11,7 +11,8 @@ RECIPES = {"tiny-llava": "tokencomp.training.recipes.tiny_llava",
            "visual-prompt": "tokencomp.training.recipes.visual_prompt",
            "optima": "tokencomp.training.recipes.optima",
            "sparse-sam-study": "tokencomp.training.recipes.sparse_sam_study",
-           "sparse-llava": "tokencomp.training.recipes.sparse_llava"}
+           "sparse-llava": "tokencomp.training.recipes.sparse_llava",
+           "moe-llava": "tokencomp.training.recipes.moe_llava"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@
 Each sparse model is scored with and without token pruning.
 
     tokencomp train sparse-llava --out runs/sparse [--methods bidst rigl magnitude]
-        [--sparsities 0.5 0.7 0.9] [--grid bidst-90 rigl-90 ...] [--steps 80] [--eval-split test]
+        [--sparsities 0.5 0.7 0.9] [--grid bidst-90 rigl-90 ...] [--steps 50] [--eval-split test]
         [--eval-limit 1000] [--report training/reports/sparse_llava]
 
 What is sparsified: every linear layer of the language model's decoder (q/k/v/o projections, gate/up/down MLP)
@@ -25,17 +25,17 @@ same `--steps` on the same batches:
   top-k every `--delta-t` steps (`training/bidst.py`; scores start at |w|, so its first mask is the same),
   with S2-SAM steps (`training/sam_steps.py`, ρ = `--rho`, the perturbation over every weight as in the
   released code). γ = `--gamma` (AdamW's weight decay: the lower level's regulariser). The paper gives no
-  score learning rate for this scale; `--score-lr` 10 is set so that over the default 80 steps the scores of
+  score learning rate for this scale; `--score-lr` 16 is set so that over the default 50 steps the scores of
   the weights with the largest hypergradients (90th percentile of |h|, 6e-5, measured on one batch of the
-  shipped model) move by about the median weight magnitude (0.047), the scale the scores start at: 10 x 80 x
+  shipped model) move by about the median weight magnitude (0.047), the scale the scores start at: 16 x 50 x
   6e-5 = 0.048. Not tuned.
 - `dense`: no mask, the same fine-tuning (a control: what the steps alone do to the model).
 
-Defaults are sized for the shared 2-core machine (about 10 minutes a model there under load): 80 steps of 4
-scenes, RigL updates and BiDST projections every 10 steps. The dense gradient RigL and BiDST read is the one
-the step itself computed, copied just before the sparsifier masks it (`_GradientTap`): no extra backward. For
-BiDST that gradient is S2-SAM's, taken at the perturbed weights; the paper does not say which point its
-hypergradient uses with S2-SAM.
+Defaults are sized for the shared 2-core machine (about 10 minutes a model there under load): 50 steps of 4
+scenes x 16 questions, RigL updates and BiDST projections every 10 steps. The dense gradient RigL and BiDST
+read is the one the step itself computed, copied just before the sparsifier masks it (`_GradientTap`): no
+extra backward. For BiDST that gradient is S2-SAM's, taken at the perturbed weights; the paper does not say
+which point its hypergradient uses with S2-SAM.
 
 Each model is saved under `OUT/<method>-<sparsity %>/` in the llava-hf layout (`tokencomp serve PATH` serves
 it unchanged): dense tensors holding exact zeros (+0.0), and a model card (README.md) with the zeros of every
@@ -56,6 +56,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,12 +67,15 @@ from tqdm import tqdm
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tokencomp.eval.cluster_bootstrap import statistic_interval
-from tokencomp.training import components, scenes
+from tokencomp.training import scenes
 from tokencomp.training.bidst import BiDSTUpdate
 from tokencomp.training.dynamic_sparse import RigLUpdate
 from tokencomp.training.flatness import perturbation_sharpness
 from tokencomp.training.llava_hf import llava_hf_key, save_llava_hf
+from tokencomp.training.llava_loss import lm_loss
+from tokencomp.training.optimizers import adamw
 from tokencomp.training.recipes.tiny_llava import cache_features, validate
+from tokencomp.training.recipes.tiny_llava_sequences import pad_batch, qa_sequence
 from tokencomp.training.sam_steps import BaseStep, S2SAMStep
 from tokencomp.training.sparsifier import DISTRIBUTIONS, Sparsifier, top_k_mask
 
@@ -91,9 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fractions of the masked weights set to zero, each in (0, 1)")
     parser.add_argument("--grid", nargs="+", default=None, metavar="METHOD-PERCENT",
                         help="explicit runs, e.g. bidst-90 rigl-90 (instead of --methods x --sparsities)")
-    parser.add_argument("--steps", type=int, default=80, help="training steps of every method")
+    parser.add_argument("--steps", type=int, default=50, help="training steps of every method")
     parser.add_argument("--batch", type=int, default=4, help="scenes per step")
-    parser.add_argument("--questions", type=int, default=24, help="question turns per scene and step")
+    parser.add_argument("--questions", type=int, default=16, help="question turns per scene and step")
     parser.add_argument("--spatial-turns", type=int, default=6,
                         help="turns of each scene given to spatial questions")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak AdamW learning rate")
@@ -107,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="RigL update interval and BiDST projection interval")
     parser.add_argument("--rigl-alpha", type=float, default=0.3, help="RigL's initial update fraction")
     parser.add_argument("--gamma", type=float, default=0.01, help="BiDST's lower-level L2 coefficient")
-    parser.add_argument("--score-lr", type=float, default=10.0,
+    parser.add_argument("--score-lr", type=float, default=16.0,
                         help="BiDST's score learning rate (see the module docstring)")
     parser.add_argument("--hysteresis", type=float, default=0.0, help="BiDST's margin for active scores")
     parser.add_argument("--seed", type=int, default=0)
@@ -206,15 +210,15 @@ def _batches(tokenizer, args: argparse.Namespace) -> list[tuple[np.ndarray, list
             questions = scenes.training_questions(scenes.make_scene("train", int(i)),
                                                   random.Random(int(rng.integers(2**31))), args.questions,
                                                   args.spatial_turns)
-            rows.append(components.qa_sequence(tokenizer, questions, scenes.GRID * scenes.GRID, rng))
+            rows.append(qa_sequence(tokenizer, questions, scenes.GRID * scenes.GRID, rng))
         out.append((idx, rows))
     return out
 
 
 def _loss_fn(model, tokenizer, feats: torch.Tensor, idx: np.ndarray, rows: list):
-    ids, labels, mask, positions, _ = components.pad_batch(rows, tokenizer.pad_token_id)
+    ids, labels, mask, positions, _ = pad_batch(rows, tokenizer.pad_token_id)
     image_rows = feats[torch.as_tensor(idx)].flatten(0, 1).float()
-    return lambda: components.lm_loss(model, ids, labels, mask, positions, image_rows)[0]
+    return lambda: lm_loss(model, ids, labels, mask, positions, image_rows)[0]
 
 
 def _log(out: Path, record: dict) -> None:
@@ -235,7 +239,7 @@ def train_one(method: str, sparsity: float, args: argparse.Namespace, train_feat
     model.model.vision_tower.requires_grad_(False)
     params = [*model.model.multi_modal_projector.parameters(), *model.model.language_model.parameters(),
               *model.lm_head.parameters()]
-    opt = components.adamw(params, args.lr)
+    opt = adamw(params, args.lr)
     for group in opt.param_groups:
         group["weight_decay"] = args.gamma
     sparsifier, bidst, rigl = None, None, None
@@ -318,12 +322,15 @@ def model_card(path: Path, record: dict, args: argparse.Namespace) -> str:
 
 
 def _eval(path: Path, args: argparse.Namespace) -> dict:
-    """`tokencomp eval` of one model (unpruned and ID-Pruner at --budgets); returns its synthetic details."""
+    """`tokencomp eval` of one model (unpruned and ID-Pruner at --budgets); returns its synthetic details.
+    Tables are first rebuilt from the logs alone (`--from-logs`, which fails unless this very model answered
+    every question); only then is the engine started."""
     out = args.out / "eval" / path.name
-    command = [sys.executable, "-m", "tokencomp.cli", "eval", "--model", str(path), "--in-process", "--split",
+    command = [sys.executable, "-m", "tokencomp.cli", "eval", "--model", str(path), "--split",
                args.eval_split, "--limit", str(args.eval_limit), "--methods", "id_pruner", "--budgets",
                *map(str, args.budgets), "--no-baselines", "--out", str(out)]
-    subprocess.run(command, check=True)
+    if subprocess.run([*command, "--from-logs"], check=False, capture_output=True).returncode != 0:
+        subprocess.run([*command, "--in-process"], check=True)
     task = "synthetic" if args.eval_split == "test" else "synthetic_val"
     return json.loads((out / "results.json").read_text())["details"][task]
 
@@ -339,7 +346,7 @@ def sharpness(path: Path, args: argparse.Namespace, val_feats: torch.Tensor) -> 
               *model.lm_head.parameters()]
     rng = np.random.default_rng(0)
     count = min(16, len(val_feats))
-    rows = [components.qa_sequence(tokenizer, scenes.make_scene("val", i).questions, 576, rng)
+    rows = [qa_sequence(tokenizer, scenes.make_scene("val", i).questions, 576, rng)
             for i in range(count)]
     loss_fn = _loss_fn(model, tokenizer, val_feats, np.arange(count), rows)
     return perturbation_sharpness(loss_fn, params, SHARPNESS_RADIUS,
@@ -380,30 +387,48 @@ def main(args: argparse.Namespace) -> int:
 
 
 
-def _sample_scores(folder: Path, setting: str) -> dict[str, tuple[float, str]]:
-    """id -> (score, cluster) of one setting ("none", "id_pruner@32") from an eval folder's per-sample log; of
-    several logs (a model retrained into the same folder), the newest."""
+def _sample_log(folder: Path, setting: str) -> dict[str, dict]:
+    """id -> record of one setting ("none", "id_pruner@32") from an eval folder's per-sample log; of several
+    logs (a model retrained into the same folder), the newest."""
     logs = sorted(folder.glob(f"*/{setting}-*.jsonl"), key=lambda p: p.stat().st_mtime)
     if not logs:
         raise FileNotFoundError(f"no {setting} log under {folder}")
     rows = [json.loads(line) for line in logs[-1].read_text().splitlines()]
-    return {r["id"]: (r["score"], r["cluster"]) for r in rows if r["status"] == "ok"}
+    return {r["id"]: r for r in rows if r["status"] == "ok"}
+
+
+def constant_scores(records: list[dict]) -> np.ndarray:
+    """[N] 1 where a question's answer is its family's most common answer: the best-constant answerer, whose
+    mean is the chance level of those questions."""
+    by_family: dict[str, Counter] = {}
+    for r in records:
+        by_family.setdefault(r["group"], Counter())[r["answers"][0]] += 1
+    mode = {family: counts.most_common(1)[0][0] for family, counts in by_family.items()}
+    return np.array([float(r["answers"][0] == mode[r["group"]]) for r in records])
 
 
 def retention(folder: Path, shipped: Path, budget: int) -> dict:
     """Retention (accuracy at `budget` / unpruned accuracy, the same model) with its cluster-bootstrap
-    interval, and its paired difference from the shipped model's retention on the same questions (the same
-    scenes drawn for both)."""
-    logs = [_sample_scores(f, s) for f in (folder, shipped) for s in ("none", f"id_pruner@{budget}")]
+    interval; its paired difference from the shipped model's retention on the same questions (the same scenes
+    drawn for both); and retention above chance, (pruned − chance) / (unpruned − chance) with chance the
+    best constant answer per family: a model near chance keeps its accuracy under any pruning, so plain
+    retention flatters it."""
+    logs = [_sample_log(f, s) for f in (folder, shipped) for s in ("none", f"id_pruner@{budget}")]
     ids = sorted(set.intersection(*(set(log) for log in logs)))
-    none, pruned, ship_none, ship_pruned = (np.array([log[i][0] for i in ids]) for log in logs)
-    clusters = [logs[0][i][1] for i in ids]
+    none, pruned, ship_none, ship_pruned = (np.array([log[i]["score"] for i in ids]) for log in logs)
+    clusters = [logs[0][i]["cluster"] for i in ids]
+    chance = constant_scores([logs[0][i] for i in ids])
     ratio = lambda a, b, idx: float(a[idx].mean() / b[idx].mean())
+    above = lambda idx: float((pruned[idx].mean() - chance[idx].mean())
+                              / (none[idx].mean() - chance[idx].mean()))
     own, _ = statistic_interval(lambda idx: ratio(pruned, none, idx), clusters)
     diff, _ = statistic_interval(lambda idx: ratio(pruned, none, idx) - ratio(ship_pruned, ship_none, idx),
                                  clusters)
+    over_chance, _ = statistic_interval(above, clusters)
     return {"retention": [own.estimate, own.low, own.high],
-            "vs_shipped": [diff.estimate, diff.low, diff.high], "questions": len(ids)}
+            "vs_shipped": [diff.estimate, diff.low, diff.high],
+            "above_chance": [over_chance.estimate, over_chance.low, over_chance.high],
+            "chance": float(chance.mean()), "questions": len(ids)}
 
 
 def _summary(args: argparse.Namespace, results: dict) -> list[dict]:
@@ -480,9 +505,10 @@ def _interval(v: list[float]) -> str:
 def _table(rows: list[dict], budgets: list[int]) -> list[str]:
     head = ["model", "sparsity %", "val acc. after pruning -> after training", "train s",
             "accuracy 576 tokens"]
-    head += [f"{what} {k}" for k in budgets for what in ("K =", "retention", "vs shipped")] + ["sharpness"]
+    head += [f"{what} {k}" for k in budgets
+             for what in ("K =", "retention", "vs shipped", "above chance")] + ["sharpness"]
     lines = ["| " + " | ".join(head) + " |",
-             "|---|---:|---|---:|---|" + "---|---|---|" * len(budgets) + "---:|"]
+             "|---|---:|---|---:|---|" + "---|---|---|---|" * len(budgets) + "---:|"]
     for r in rows:
         train = r["train"]
         val = "—"
@@ -495,7 +521,8 @@ def _table(rows: list[dict], budgets: list[int]) -> list[str]:
             vs = f"{100 * estimate:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
             bold = r["method"] != "shipped" and (low > 0 or high < 0)
             cells += [_interval([r[k]["pruned"]["score"], *r[k]["pruned"]["ci95"]]),
-                      _interval(r[k]["retention"]), f"**{vs}**" if bold else vs]
+                      _interval(r[k]["retention"]), f"**{vs}**" if bold else vs,
+                      _interval(r[k]["above_chance"])]
         lines.append("| " + " | ".join([*cells, f"{r['sharpness']:.4f}"]) + " |")
     return lines
 
@@ -544,7 +571,9 @@ def write_report(folder: Path, results: dict, args: argparse.Namespace) -> None:
     legend = ("Retention = accuracy with ID-Pruner at K tokens / unpruned accuracy of the same model, with "
               "its 95 % cluster-bootstrap interval (scenes resampled); \"vs shipped\" is the paired "
               "difference from the shipped model's retention on the same questions (bold where its interval "
-              "excludes 0). "
+              "excludes 0); \"above chance\" = (accuracy at K − chance) / (unpruned accuracy − chance), "
+              "chance being the best constant answer per family on these questions (overall "
+              f"{_pct(rows[0][args.budgets[0]]['chance'])} %); plain retention flatters a model near chance. "
               "Sharpness: mean increase of the teacher-forced validation loss under filter-normalised "
               f"Gaussian perturbations of radius {SHARPNESS_RADIUS} inside each model's own zero pattern "
               "(10 directions, 16 val scenes).")

@@ -14,8 +14,9 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tokencomp.serving.hf_reference import answer
 from tokencomp.serving.spec import Spec
-from tokencomp.training import components, distill, scenes
+from tokencomp.training import distill, scenes
 from tokencomp.training.recipes import optima
+from tokencomp.training.recipes.tiny_llava_sequences import pad_batch, qa_sequence
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "tokencomp-tiny-llava"
 
@@ -30,8 +31,8 @@ def batch():
     """Two scenes' question sequences over random stand-in tower features (no tower needed here)."""
     tokenizer = AutoProcessor.from_pretrained(MODEL).tokenizer
     rng = np.random.default_rng(0)
-    rows = [components.qa_sequence(tokenizer, scenes.make_scene("val", i).questions[:3], 576, rng) for i in range(2)]
-    ids, labels, mask, positions, _ = components.pad_batch(rows, tokenizer.pad_token_id)
+    rows = [qa_sequence(tokenizer, scenes.make_scene("val", i).questions[:3], 576, rng) for i in range(2)]
+    ids, labels, mask, positions, _ = pad_batch(rows, tokenizer.pad_token_id)
     feats = torch.randn(2 * 576, 128, generator=torch.Generator().manual_seed(0))
     return ids, labels, mask, positions, feats, ids != tokenizer.pad_token_id
 

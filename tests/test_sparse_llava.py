@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
 
 from tokencomp.cli import main as cli_main
-from tokencomp.training.components import build_model
 from tokencomp.training.llava_hf import save_llava_hf
 from tokencomp.training.recipes import sparse_llava
+from tokencomp.training.recipes.tiny_llava_model import build_model
 from tokencomp.training.sparsifier import layer_budgets, top_k_mask
 from tokencomp.training.tokenizer import build_processor, build_tokenizer
 

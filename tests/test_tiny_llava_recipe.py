@@ -10,12 +10,19 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tokencomp.serving.hf_reference import answer
 from tokencomp.serving.spec import Spec
-from tokencomp.training import components, scenes
+from tokencomp.training import scenes
+from tokencomp.training.llava_loss import lm_loss
 from tokencomp.training.recipes import tiny_llava
+from tokencomp.training.recipes import tiny_llava_state_diff as state_diff
+from tokencomp.training.recipes.tiny_llava_model import build_model
+from tokencomp.training.recipes.tiny_llava_probe import LayerProbe
+from tokencomp.training.recipes.tiny_llava_sequences import pad_batch, qa_sequence
+from tokencomp.training.recipes.tiny_llava_targets import letter_targets, mention_targets, relation_targets
 from tokencomp.training.tokenizer import build_tokenizer
 
 CLI = [sys.executable, "-m", "tokencomp.cli", "train", "tiny-llava"]
@@ -114,13 +121,13 @@ def test_packed_turns_see_only_the_image_and_their_own_question():
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
     image_id = tokenizer.convert_tokens_to_ids("<image>")
-    model = components.build_model(len(tokenizer), image_token_id=image_id, pad_id=tokenizer.pad_token_id,
-                                   bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id).eval()
+    model = build_model(len(tokenizer), image_token_id=image_id, pad_id=tokenizer.pad_token_id,
+                        bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id).eval()
     questions = scenes.make_scene("val", 3).questions
     feats = torch.randn(7, model.config.vision_config.hidden_size)
-    rows = [components.qa_sequence(tokenizer, qs, 7, np.random.default_rng(0)) for qs in (questions, questions[:1])]
-    ids, labels, mask, positions, owners = components.pad_batch(rows, tokenizer.pad_token_id)
-    _, ok, _ = components.lm_loss(model, ids, labels, mask, positions, torch.cat([feats, feats]))
+    rows = [qa_sequence(tokenizer, qs, 7, np.random.default_rng(0)) for qs in (questions, questions[:1])]
+    ids, labels, mask, positions, owners = pad_batch(rows, tokenizer.pad_token_id)
+    _, ok, _ = lm_loss(model, ids, labels, mask, positions, torch.cat([feats, feats]))
     embed, project = model.get_input_embeddings(), model.model.multi_modal_projector
     inputs = embed(ids.masked_fill(ids == image_id, 0)).masked_scatter((ids == image_id)[..., None],
                                                                       project(torch.cat([feats, feats])))
@@ -149,9 +156,9 @@ def test_mention_targets_mark_each_named_object_at_its_shape_word():
     questions = [{"family": "size", "question": "Is the red circle bigger than the blue square?", "answer": "no"},
                  {"family": "exist", "question": "Is there a green triangle?", "answer": "yes"},
                  {"family": "exist", "question": "Is there a red square?", "answer": "no"}]
-    row = components.qa_sequence(tokenizer, questions, 3, np.random.default_rng(0))
-    ids = components.pad_batch([row], tokenizer.pad_token_id)[0]
-    targets = components.mention_targets(tokenizer, ids, [graph])[0]
+    row = qa_sequence(tokenizer, questions, 3, np.random.default_rng(0))
+    ids = pad_batch([row], tokenizer.pad_token_id)[0]
+    targets = mention_targets(tokenizer, ids, [graph])[0]
     words = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     marked = {(words[t - 1], words[t]): targets[t].tolist() for t in torch.nonzero(targets[:, 0] >= 0).flatten()}
     assert marked == {("red", "circle"): [0, 30, 40], ("blue", "square"): [2, 200, 100]}
@@ -167,10 +174,10 @@ def test_relation_targets_mark_the_second_mention_of_each_question():
                  {"family": "exist", "question": "Is there a red circle?", "answer": "yes"},
                  {"family": "exist", "question": "Is there a blue square?", "answer": "yes"},
                  {"family": "spatial", "question": "Is the green triangle above the red circle?", "answer": "no"}]
-    row = components.qa_sequence(tokenizer, questions, 3, np.random.default_rng(1))
-    ids = components.pad_batch([row], tokenizer.pad_token_id)[0]
-    mentions = components.mention_targets(tokenizer, ids, [scenes.Scene(objects=objs)])
-    targets = components.relation_targets(tokenizer, ids, mentions)[0]
+    row = qa_sequence(tokenizer, questions, 3, np.random.default_rng(1))
+    ids = pad_batch([row], tokenizer.pad_token_id)[0]
+    mentions = mention_targets(tokenizer, ids, [scenes.Scene(objects=objs)])
+    targets = relation_targets(tokenizer, ids, mentions)[0]
     words = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     marked = sorted((" ".join(words[t - 3:t + 1]), targets[t].tolist())
                     for t in torch.nonzero(~targets[:, 0].isnan()).flatten())
@@ -185,9 +192,9 @@ def test_letter_targets_mark_the_letter_each_text_answer_position_predicts():
     tokenizer = build_tokenizer()
     questions = [{"family": "text", "question": "What does the sign say?", "answer": "xrm"},
                  {"family": "colour", "question": "What colour is the circle?", "answer": "red"}]
-    row = components.qa_sequence(tokenizer, questions, 3, np.random.default_rng(0))
-    _, labels, _, _, _ = components.pad_batch([row], tokenizer.pad_token_id)
-    targets = components.letter_targets(tokenizer, labels)[0]
+    row = qa_sequence(tokenizer, questions, 3, np.random.default_rng(0))
+    _, labels, _, _, _ = pad_batch([row], tokenizer.pad_token_id)
+    targets = letter_targets(tokenizer, labels)[0]
     at = torch.nonzero(targets >= 0).flatten()
     assert "".join(scenes.LETTERS[i] for i in targets[at]) == "xrm"
     # position t holds the letter that token t + 1 spells: "x", "##r", "##m"
@@ -197,7 +204,7 @@ def test_letter_targets_mark_the_letter_each_text_answer_position_predicts():
 
 def test_layer_probe_reads_the_chosen_layer_and_trains_it():
     torch.manual_seed(0)
-    probe = components.LayerProbe(8, layer=1)
+    probe = LayerProbe(8, layer=1)
     hidden = tuple(torch.randn(2, 5, 8, requires_grad=True) for _ in range(3))
     mentions, letters = torch.full((2, 5, 3), -1), torch.full((2, 5), -1)
     zero, stats = probe.loss(hidden, mentions, letters)
@@ -232,6 +239,8 @@ def test_layer_probe_reads_the_chosen_layer_and_trains_it():
 @pytest.mark.parametrize("args, message", [(["--llm-scale", "0"], "--llm-scale must be > 0"),
                                            (["--llm-lr=-1e-3"], "--llm-lr must be > 0"),
                                            (["--optimizer", "sgdx"], "unknown optimizer 'sgdx'"),
+                                           (["--step", "adam"], "unknown step 'adam'"),
+                                           (["--sparsity", "1"], "--sparsity must be in [0, 1)"),
                                            (["--device", "nope"], "--device 'nope' is not usable")])
 def test_bad_arguments_exit_with_one_line(tmp_path, args, message):
     proc = subprocess.run([*CLI, "--smoke", "--out", str(tmp_path), *args], capture_output=True, text=True,
@@ -239,3 +248,134 @@ def test_bad_arguments_exit_with_one_line(tmp_path, args, message):
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("tokencomp train: error: ") and message in line
+
+
+def _model_and_probe(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.ModuleDict]:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    probe = torch.nn.ModuleDict({"a": torch.nn.Linear(8, 2), "b": torch.nn.Linear(8, 1)})
+    return model, probe
+
+
+def _loss(model, probe, x, y, use_b: bool) -> torch.Tensor:
+    """Answer loss + probe loss; probe head "b" joins only when use_b (as a probe head whose targets a batch
+    lacks gets no gradient at all)."""
+    hidden = model[1](model[0](x))
+    loss = torch.nn.functional.cross_entropy(model[2](hidden), y) + probe["a"](hidden).square().mean()
+    return loss + probe["b"](hidden).abs().mean() if use_b else loss
+
+
+def test_base_step_is_the_plain_loop_bit_for_bit():
+    """The recipe's update with --step base equals the loop the shipped model was trained with (two AdamW
+    optimizers, zero_grad, backward, joint clip to norm 1, step each), on every weight and every
+    optimizer-state entry after each step, including steps where a probe head gets no gradient (AdamW must
+    skip it)."""
+    config = tiny_llava.Config()
+    model, probe = _model_and_probe()
+    ref_model, ref_probe = _model_and_probe()
+    stepper = tiny_llava.make_stepper(config, [list(model.parameters()), list(probe.parameters())], 0.05,
+                                      max_grad_norm=1.0)
+    ref_opts = [torch.optim.AdamW(m.parameters(), lr=0.05, weight_decay=0.01, betas=(0.9, 0.98))
+                for m in (ref_model, ref_probe)]
+    g = torch.Generator().manual_seed(1)
+    clipped = skipped = 0
+    for step in range(8):
+        x, y = 4 * torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+        use_b = step % 3 != 1
+        lr = 0.05 * (step + 1) / 8
+        for group in stepper.optimizer.param_groups:
+            group["lr"] = lr
+        stepper.step(lambda x=x, y=y, use_b=use_b: _loss(model, probe, x, y, use_b))
+        b_before = ref_probe["b"].weight.detach().clone()
+        for opt in ref_opts:
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad()
+        _loss(ref_model, ref_probe, x, y, use_b).backward()
+        norm = torch.nn.utils.clip_grad_norm_([*ref_model.parameters(), *ref_probe.parameters()], 1.0)
+        for opt in ref_opts:
+            opt.step()
+        clipped += bool(norm > 1.0)
+        skipped += bool(torch.equal(b_before, ref_probe["b"].weight)) and step > 0
+        for ours, ref in ((model, ref_model), (probe, ref_probe)):
+            for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
+                assert torch.equal(p, q), f"step {step}: {name} differs"
+        states = [s for opt in stepper.optimizer.optimizers for s in opt.state.values()]
+        ref_states = [s for opt in ref_opts for s in opt.state.values()]
+        assert len(states) == len(ref_states)
+        for ours, ref in zip(states, ref_states, strict=True):
+            assert all(torch.equal(ours[k], ref[k]) for k in ref), f"step {step}: optimizer state differs"
+    assert clipped > 0, "the joint clip must have acted, or the test does not check it"
+    assert skipped > 0, "a head without a gradient must have been skipped at least once"
+    assert (stepper.forwards, stepper.backwards) == (8, 8)
+
+
+@pytest.mark.parametrize("name, passes", [("sam", (2, 2)), ("s2sam", (1, 1)), ("zosam", (3, 1))])
+def test_each_step_strategy_drives_the_recipe_update(name, passes):
+    """--step picks the strategy (pass counts per step: SAM 2 + 2, S2-SAM 1 + 1, ZO-SAM 2q + 1 forwards with
+    q = 1); its steps move the weights away from the base step's."""
+    config = tiny_llava.Config(step=name)
+    results = []
+    for cfg in (config, tiny_llava.Config()):
+        model, probe = _model_and_probe()
+        stepper = tiny_llava.make_stepper(cfg, [list(model.parameters()), list(probe.parameters())], 0.05,
+                                          max_grad_norm=1.0)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+            stepper.step(lambda x=x, y=y, m=model, p=probe: _loss(m, p, x, y, True))
+        results.append((stepper, model[0].weight.detach()))
+    (stepper, weight), (_, base_weight) = results
+    assert (stepper.forwards, stepper.backwards) == (3 * passes[0], 3 * passes[1])
+    assert not torch.equal(weight, base_weight)
+
+
+def test_sparse_s2sam_smoke_run_keeps_exact_zeros(tmp_path):
+    """--step s2sam --sparsity 0.5: every masked linear weight of the saved model holds exactly its budget of
+    nonzeros (the rest bitwise zero), the LM head stays dense, and each phase logs S2-SAM's one forward and
+    one backward a step."""
+    args = ["--tower-steps", "1", "--llm-scale", "0.001", "--step", "s2sam", "--sparsity", "0.5"]
+    proc = subprocess.run([*CLI, "--smoke", "--out", str(tmp_path), *args], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "model")
+    inside = ("model.multi_modal_projector.", "model.language_model.layers.")
+    masked = [(name, module.weight) for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and name.startswith(inside)]
+    assert len(masked) == 2 + 7 * model.config.text_config.num_hidden_layers
+    for name, weight in masked:
+        assert int((weight != 0).sum()) == round(0.5 * weight.numel()), name
+    assert bool((model.lm_head.weight != 0).all())
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    phases = [r for r in records if r["stage"] == "llm"]
+    assert len(phases) == len(tiny_llava.CURRICULUM)
+    assert all(r["forwards"] == r["backwards"] == r["steps"] for r in phases)
+
+
+def _run_folder(path, weight: torch.Tensor, step: torch.Tensor):
+    (path / "model").mkdir(parents=True)
+    save_file({"w": weight}, path / "model" / "model.safetensors")
+    torch.save({"weight": weight}, path / "tower.pt")
+    torch.save({"model": {"w": weight}, "optimizer": {"state": {0: {"step": step, "exp_avg": weight * 2}}},
+                "phase": 3}, path / "llm.pt")
+    torch.save(weight.half(), path / "features_train_2.pt")
+    return path
+
+
+def test_state_diff_reports_the_largest_difference_of_any_tensor(tmp_path, capsys):
+    weight = torch.tensor([[0.5, -1.0], [0.0, 2.0]])
+    base = _run_folder(tmp_path / "a", weight, torch.tensor(4))
+    same = _run_folder(tmp_path / "b", weight.clone(), torch.tensor(4))
+    assert state_diff.main([str(base), str(same)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "all: 6 tensors, max abs diff 0.0"
+    moved = weight.clone()
+    moved[1, 1] += 0.25
+    result = state_diff.compare(base, _run_folder(tmp_path / "c", moved, torch.tensor(4)))
+    assert result["model/model.safetensors"] == (1, 0.25) and result["llm.pt"] == (3, 0.5), "exp_avg is 2 w"
+    stepped = _run_folder(tmp_path / "e", weight, torch.tensor(5))
+    assert state_diff.compare(base, stepped)["llm.pt"] == (3, 1.0), "an integer tensor counts unequal entries"
+    signed = weight.clone()
+    signed[1, 0] = -0.0
+    signed_run = _run_folder(tmp_path / "d", signed, torch.tensor(4))
+    assert state_diff.main([str(base), str(signed_run)]) == 1, "-0.0 is not +0.0"
+    assert state_diff.main([str(base), str(tmp_path / "missing")]) == 2

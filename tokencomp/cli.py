@@ -27,9 +27,10 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(f"{message} (see `{self.prog} --help`)")
 
 
-def add_named(parser: argparse.ArgumentParser, dest: str, modules: dict[str, str]) -> None:
-    """Sub-parsers for a table name -> module exposing `add_arguments(parser)` (help: its docstring's 1st line)."""
-    sub = parser.add_subparsers(dest=dest, metavar=dest.upper(), required=True)
+def add_named(parser: argparse.ArgumentParser, dest: str, modules: dict[str, str], required: bool = True) -> None:
+    """Sub-parsers for a table name -> module exposing `add_arguments(parser)` (help: its docstring's 1st line).
+    required=False leaves `dest` None when no name is given (the caller then says what to do)."""
+    sub = parser.add_subparsers(dest=dest, metavar=dest.upper(), required=required)
     for name, module_name in modules.items():
         module = importlib.import_module(module_name)
         module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0]))

@@ -72,8 +72,8 @@ class Outputs:
 
 def forward(model: LlavaForConditionalGeneration, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
             feats: torch.Tensor) -> Outputs:
-    """ids/positions [B, L] and the additive mask [B, 1, L, L] of `components.pad_batch`; feats [M, Dv]: the tower
-    features of every image token in `ids`, row-major."""
+    """ids/positions [B, L] and the additive mask [B, 1, L, L] of `tiny_llava_sequences.pad_batch`; feats
+    [M, Dv]: the tower features of every image token in `ids`, row-major."""
     is_image = ids == model.config.image_token_index
     projected = model.model.multi_modal_projector(feats)
     embeds = model.get_input_embeddings()(ids.masked_fill(is_image, 0))

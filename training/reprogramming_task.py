@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from tokencomp.serving.hf_reference import prompt_ids
-from tokencomp.training import components, scenes
+from tokencomp.training import scenes
+from tokencomp.training.llava_parts import tower_features
 
 LABELS = ("ember", "meadow", "tide")
 PALETTES = {"ember": ("red", "orange"), "meadow": ("green", "yellow"), "tide": ("blue", "purple")}
@@ -90,7 +91,7 @@ class SourceClassifier(torch.nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         m, b = self.model, pixel_values.shape[0]
-        image = m.model.multi_modal_projector(components.tower_features(m, pixel_values))
+        image = m.model.multi_modal_projector(tower_features(m, pixel_values))
         embed = m.get_input_embeddings()
         x = torch.cat([embed(self.before).expand(b, -1, -1), image, embed(self.after).expand(b, -1, -1)], dim=1)
         hidden = m.model.language_model(inputs_embeds=x).last_hidden_state[:, -1]

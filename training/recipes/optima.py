@@ -47,9 +47,11 @@ import torch
 from tqdm import tqdm
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from tokencomp.training import components, distill, scenes
+from tokencomp.training import distill, scenes
 from tokencomp.training.bandit import SlidingWindowThompson
 from tokencomp.training.llava_hf import save_llava_hf
+from tokencomp.training.llava_parts import tower_features
+from tokencomp.training.recipes.tiny_llava_sequences import pad_batch, qa_sequence
 
 METHODS = ("task", "kd", "all", "random", "optima")
 
@@ -135,7 +137,7 @@ def cache_features(teacher, processor, split: str, indices: range, path: Path) -
         chunk = indices[start:start + 32]
         images = [scenes.render(scenes.make_scene(split, i)) for i in chunk]
         pixels = processor.image_processor(images, return_tensors="pt").pixel_values
-        feats.append(components.tower_features(teacher, pixels).half())
+        feats.append(tower_features(teacher, pixels).half())
     feats = torch.cat(feats)
     torch.save(feats, path)
     return feats
@@ -144,8 +146,8 @@ def cache_features(teacher, processor, split: str, indices: range, path: Path) -
 def _batch(tokenizer, split: str, indices, questions_for) -> tuple[torch.Tensor, ...]:
     """(ids, labels, mask, positions, owners) of one sequence per scene over its whole image."""
     rng = np.random.default_rng(0)
-    rows = [components.qa_sequence(tokenizer, questions_for(i), scenes.GRID * scenes.GRID, rng) for i in indices]
-    return components.pad_batch(rows, tokenizer.pad_token_id)
+    rows = [qa_sequence(tokenizer, questions_for(i), scenes.GRID * scenes.GRID, rng) for i in indices]
+    return pad_batch(rows, tokenizer.pad_token_id)
 
 
 def training_batches(tokenizer, config: Config, seed: int):

@@ -68,16 +68,17 @@ class Config:
     out: str = "training/reports/moe"
     work: str = "runs/moe-llava"
     seeds: int = 2
+    first_seed: int = 0  # seeds first_seed ... first_seed + seeds - 1 (separate processes can share --work)
     experts: int = 4
     top_k: int = 2
     u: int = 1
     router_std: float = 0.02
     train_scenes: int = 1000
-    val_scenes: int = 100
+    val_scenes: int = 50
     mass_scenes: int = 48
-    moe_steps: int = 80
-    task_steps: int = 80
-    batch: int = 6
+    moe_steps: int = 60
+    task_steps: int = 60
+    batch: int = 4
     turns: int = 12
     keep_background: float = 0.25  # training sequences show every object and letter patch and this share of the rest
     moe_lr: float = 1e-3
@@ -104,9 +105,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     config = Config.smoke(**given) if args.smoke else Config(**given)
     for f in fields(Config):
         value = getattr(config, f.name)
-        if f.type in ("int", "float") and f.name not in ("router_std", "load_coef", "keep_background") \
+        if f.type in ("int", "float") and f.name not in ("router_std", "load_coef", "keep_background", "first_seed", "card_questions") \
                 and not value > 0:
             raise ValueError(f"--{f.name.replace('_', '-')} must be > 0, got {value}")
+    if config.first_seed < 0 or config.card_questions < 0:
+        raise ValueError(f"--first-seed and --card-questions must be >= 0, got {config.first_seed}, "
+                         f"{config.card_questions}")
     if not 0 <= config.keep_background <= 1:
         raise ValueError(f"--keep-background must be in [0, 1], got {config.keep_background}")
     if not 1 <= config.top_k <= config.experts or not 1 <= config.u <= config.experts:
@@ -402,7 +406,9 @@ def plot(results: list[dict], out: Path) -> list[str]:
 def report(config: Config, results: list[dict], card: dict, command: str, minutes: float) -> str:
     lines = [
         "# Multimodal MoE with partial expert updates", "",
-        f"Command: `{command}` ({minutes:.1f} min on the shared 2-core machine, {len(results)} seed(s)).", "",
+        f"Command: `{command}` on the shared 2-core machine ({len(results)} seed(s); each seed took "
+        + ", ".join(f"{r.get('minutes', float('nan')):.0f}" for r in results)
+        + f" min, and this invocation {minutes:.0f} min: seeds already in --work are read, not rerun).", "",
         (f"The shipped tiny LLaVA's LLaMA is upcycled into a Mixtral text model, E = {config.experts} experts per "
          f"layer, top-{config.top_k} routing; a MoE stage trains routers and experts on the old families "
         f"({config.moe_steps} steps of {config.batch} scenes x {config.turns} questions); then the new family "
@@ -469,16 +475,18 @@ def main(args: argparse.Namespace) -> int:
     train_feats = cache_features(dense, processor, "train", config.train_scenes, work)
     val_feats = cache_features(dense, processor, "val", config.val_scenes, work)
     model_dir, results = work / "model", []
-    for seed in range(config.seeds):  # each seed's results are kept in `work`, so an interrupted run resumes
+    for seed in range(config.first_seed, config.first_seed + config.seeds):  # kept in `work`: a run resumes
         done = work / f"seed{seed}.json"
         if not done.exists():
+            seed_start = time.time()
             result = run_seed(config, seed, dense, tokenizer, train_feats, val_feats, work)
+            result["minutes"] = (time.time() - seed_start) / 60
             model = result.pop("model")
             if seed == 0:
                 save_moe_llava(model.eval(), model_dir, processor)
             done.write_text(json.dumps(result))
         results.append(json.loads(done.read_text()))
-    card = card_scores(model_dir, config.card_questions)
+    card = card_scores(model_dir, config.card_questions) if config.card_questions and model_dir.exists() else {}
     minutes = (time.time() - start) / 60
     (out / "results.json").write_text(json.dumps({"config": asdict(config), "seeds": results, "card": card,
                                                   "model": str(model_dir), "minutes": minutes}, indent=1))

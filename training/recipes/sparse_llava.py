@@ -73,6 +73,7 @@ from tokencomp.training.dynamic_sparse import RigLUpdate
 from tokencomp.training.flatness import perturbation_sharpness
 from tokencomp.training.llava_hf import llava_hf_key, save_llava_hf
 from tokencomp.training.llava_loss import lm_loss
+from tokencomp.training.llava_parts import linear_weights
 from tokencomp.training.optimizers import adamw
 from tokencomp.training.recipes.tiny_llava import cache_features, validate
 from tokencomp.training.recipes.tiny_llava_sequences import pad_batch, qa_sequence
@@ -160,12 +161,7 @@ def run_name(method: str, sparsity: float) -> str:
 
 def masked_weights(model: LlavaForConditionalGeneration) -> dict[str, torch.nn.Parameter]:
     """The weights this recipe sparsifies, by llava-hf key: the decoder's and projector's linear layers."""
-    out = {}
-    for name, module in model.named_modules():
-        inside = name.startswith(("model.language_model.layers.", "model.multi_modal_projector."))
-        if inside and isinstance(module, torch.nn.Linear):
-            out[llava_hf_key(f"{name}.weight")] = module.weight
-    return out
+    return {llava_hf_key(name): weight for name, weight in linear_weights(model).items()}
 
 
 class _GradientTap(Sparsifier):

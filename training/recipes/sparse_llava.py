@@ -415,16 +415,17 @@ def retention(folder: Path, shipped: Path, budget: int) -> dict:
     clusters = [logs[0][i]["cluster"] for i in ids]
     chance = constant_scores([logs[0][i] for i in ids])
     ratio = lambda a, b, idx: float(a[idx].mean() / b[idx].mean())
-    above = lambda idx: float((pruned[idx].mean() - chance[idx].mean())
-                              / (none[idx].mean() - chance[idx].mean()))
-    own, _ = statistic_interval(lambda idx: ratio(pruned, none, idx), clusters)
-    diff, _ = statistic_interval(lambda idx: ratio(pruned, none, idx) - ratio(ship_pruned, ship_none, idx),
-                                 clusters)
-    over_chance, _ = statistic_interval(above, clusters)
-    return {"retention": [own.estimate, own.low, own.high],
-            "vs_shipped": [diff.estimate, diff.low, diff.high],
-            "above_chance": [over_chance.estimate, over_chance.low, over_chance.high],
-            "chance": float(chance.mean()), "questions": len(ids)}
+    above = lambda a, b, idx: float((a[idx].mean() - chance[idx].mean())
+                                    / (b[idx].mean() - chance[idx].mean()))
+    stats = {"retention": lambda idx: ratio(pruned, none, idx),
+             "vs_shipped": lambda idx: ratio(pruned, none, idx) - ratio(ship_pruned, ship_none, idx),
+             "above_chance": lambda idx: above(pruned, none, idx),
+             "above_vs_shipped": lambda idx: above(pruned, none, idx) - above(ship_pruned, ship_none, idx)}
+    out = {}
+    for name, statistic in stats.items():
+        value, _ = statistic_interval(statistic, clusters)
+        out[name] = [value.estimate, value.low, value.high]
+    return {**out, "chance": float(chance.mean()), "questions": len(ids)}
 
 
 def _summary(args: argparse.Namespace, results: dict) -> list[dict]:
@@ -450,36 +451,51 @@ def _summary(args: argparse.Namespace, results: dict) -> list[dict]:
     return rows
 
 
+def _above_chance(r: dict, k: int) -> list[float] | None:
+    """Retention above chance at budget k, or None for a model whose unpruned accuracy is not above chance
+    (the ratio's denominator is then zero or negative: no signal left to retain)."""
+    return r[k]["above_chance"] if r["none"]["score"] > r[k]["chance"] else None
+
+
+def _errorbar(ax, x: list[float], values: list[list[float]], marker: str, label: str) -> None:
+    """values: [estimate, low, high] fractions per point, drawn in %."""
+    y = [100 * v[0] for v in values]
+    err = [[100 * (v[0] - v[1]) for v in values], [100 * (v[2] - v[0]) for v in values]]
+    ax.errorbar(x, y, yerr=err, marker=marker, capsize=3, label=label)
+
+
 def _plot(path: Path, rows: list[dict], budgets: list[int]) -> None:
+    """Accuracy, retention and retention above chance against sparsity, and retention against sharpness."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2 + len(budgets), figsize=(5 * (2 + len(budgets)), 4.5))
+    columns = 1 + len(budgets)
+    fig, axes = plt.subplots(2, columns, figsize=(5 * columns, 9), squeeze=False)
     markers = {"bidst": "o", "rigl": "s", "magnitude": "^", "dense": "D", "shipped": "*"}
+    sparsity = "sparsity of the masked weights (%)"
     for method, marker in markers.items():
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
         if not mine:
             continue
         x = [100 * r["sparsity"] for r in mine]
-        acc = [100 * r["none"]["score"] for r in mine]
-        err = [[a - 100 * r["none"]["ci95"][0] for a, r in zip(acc, mine)],
-               [100 * r["none"]["ci95"][1] - a for a, r in zip(acc, mine)]]
-        axes[0].errorbar(x, acc, yerr=err, marker=marker, capsize=3, label=LABELS[method])
-        for ax, k in zip(axes[1:], budgets, strict=False):
-            ret = [100 * r[k]["retention"][0] for r in mine]
-            err = [[v - 100 * r[k]["retention"][1] for v, r in zip(ret, mine)],
-                   [100 * r[k]["retention"][2] - v for v, r in zip(ret, mine)]]
-            ax.errorbar(x, ret, yerr=err, marker=marker, capsize=3, label=LABELS[method])
-        axes[-1].scatter([r["sharpness"] for r in mine], [100 * r[budgets[0]]["retention"][0] for r in mine],
-                         marker=marker, label=LABELS[method])
-    axes[0].set(xlabel="sparsity of the masked weights (%)", ylabel="accuracy, 576 tokens (%)",
-                title="unpruned accuracy (95 % cluster CI)")
-    for ax, k in zip(axes[1:], budgets, strict=False):
-        ax.set(xlabel="sparsity of the masked weights (%)", ylabel=f"retention at K = {k} (%)",
-               title=f"ID-Pruner K = {k}: accuracy / unpruned accuracy")
-    axes[-1].set(xlabel=f"random-perturbation sharpness (radius {SHARPNESS_RADIUS})",
-                 ylabel=f"retention at K = {budgets[0]} (%)", title="retention vs sharpness")
-    axes[0].legend(fontsize=8)
+        label = LABELS[method]
+        _errorbar(axes[0, 0], x, [[r["none"]["score"], *r["none"]["ci95"]] for r in mine], marker, label)
+        axes[1, 0].scatter([r["sharpness"] for r in mine],
+                           [100 * r[budgets[0]]["retention"][0] for r in mine], marker=marker, label=label)
+        for column, k in enumerate(budgets, start=1):
+            _errorbar(axes[0, column], x, [r[k]["retention"] for r in mine], marker, label)
+            above = [(xi, _above_chance(r, k)) for xi, r in zip(x, mine) if _above_chance(r, k) is not None]
+            if above:
+                _errorbar(axes[1, column], [a[0] for a in above], [a[1] for a in above], marker, label)
+    axes[0, 0].set(xlabel=sparsity, ylabel="accuracy, 576 tokens (%)", title="unpruned accuracy (95 % CI)")
+    axes[1, 0].set(xlabel=f"random-perturbation sharpness (radius {SHARPNESS_RADIUS})",
+                   ylabel=f"retention at K = {budgets[0]} (%)", title="retention vs sharpness")
+    for column, k in enumerate(budgets, start=1):
+        axes[0, column].set(xlabel=sparsity, ylabel=f"retention at K = {k} (%)",
+                            title=f"ID-Pruner K = {k}: accuracy / unpruned")
+        axes[1, column].set(xlabel=sparsity, ylabel=f"retention above chance at K = {k} (%)",
+                            title=f"K = {k}: (acc. − chance) / (unpruned − chance)")
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -498,13 +514,20 @@ def _interval(v: list[float]) -> str:
     return f"{_pct(v[0])} [{_pct(v[1])}, {_pct(v[2])}]"
 
 
+def _paired(r: dict, difference: list[float]) -> str:
+    """A paired difference [estimate, low, high] in points, bold where its interval excludes 0."""
+    estimate, low, high = difference
+    text = f"{100 * estimate:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+    return f"**{text}**" if r["method"] != "shipped" and (low > 0 or high < 0) else text
+
+
 def _table(rows: list[dict], budgets: list[int]) -> list[str]:
     head = ["model", "sparsity %", "val acc. after pruning -> after training", "train s",
             "accuracy 576 tokens"]
     head += [f"{what} {k}" for k in budgets
-             for what in ("K =", "retention", "vs shipped", "above chance")] + ["sharpness"]
+             for what in ("K =", "retention", "vs shipped", "above chance", "vs shipped")] + ["sharpness"]
     lines = ["| " + " | ".join(head) + " |",
-             "|---|---:|---|---:|---|" + "---|---|---|---|" * len(budgets) + "---:|"]
+             "|---|---:|---|---:|---|" + "---|---|---|---|---|" * len(budgets) + "---:|"]
     for r in rows:
         train = r["train"]
         val = "—"
@@ -513,12 +536,11 @@ def _table(rows: list[dict], budgets: list[int]) -> list[str]:
         cells = [LABELS[r["method"]], _pct(r["sparsity"]), val, str(train["seconds"]) if train else "—",
                  _interval([r["none"]["score"], *r["none"]["ci95"]])]
         for k in budgets:
-            estimate, low, high = r[k]["vs_shipped"]
-            vs = f"{100 * estimate:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
-            bold = r["method"] != "shipped" and (low > 0 or high < 0)
+            above = _above_chance(r, k)
             cells += [_interval([r[k]["pruned"]["score"], *r[k]["pruned"]["ci95"]]),
-                      _interval(r[k]["retention"]), f"**{vs}**" if bold else vs,
-                      _interval(r[k]["above_chance"])]
+                      _interval(r[k]["retention"]), _paired(r, r[k]["vs_shipped"]),
+                      _interval(above) if above else "— (unpruned not above chance)",
+                      _paired(r, r[k]["above_vs_shipped"]) if above else "—"]
         lines.append("| " + " | ".join([*cells, f"{r['sharpness']:.4f}"]) + " |")
     return lines
 
@@ -534,20 +556,24 @@ def _families(rows: list[dict], budget: int) -> list[str]:
 
 
 def _answers(rows: list[dict], budgets: list[int]) -> list[str]:
-    """The question, answered from the table: rank correlations and the models beyond the shipped one's
-    retention interval."""
-    sparse = [r for r in rows if r["method"] not in ("shipped", "dense")]
+    """The question, answered from the table: over the sparse models still above chance, rank correlations
+    of retention above chance with sparsity and with sharpness, and the models whose retention above chance
+    differs from the shipped model's beyond the paired interval."""
     lines = []
     for k in budgets:
-        by_sparsity = _rank_correlation([r["sparsity"] for r in sparse],
-                                        [r[k]["retention"][0] for r in sparse])
-        by_sharpness = _rank_correlation([r["sharpness"] for r in rows], [r[k]["retention"][0] for r in rows])
-        better = ", ".join(r["name"] for r in sparse if r[k]["vs_shipped"][1] > 0) or "none"
-        worse = ", ".join(r["name"] for r in sparse if r[k]["vs_shipped"][2] < 0) or "none"
-        lines.append(f"- K = {k}: rank correlation of retention with sparsity {by_sparsity:+.2f} (the "
-                     f"{len(sparse)} sparse models), with sharpness {by_sharpness:+.2f} (all {len(rows)} "
-                     f"models); retention above the shipped model's beyond the paired interval: {better}; "
-                     f"below it: {worse}.")
+        alive = [r for r in rows if _above_chance(r, k) is not None]
+        sparse = [r for r in alive if r["method"] not in ("shipped", "dense")]
+        dead = [r["name"] for r in rows if _above_chance(r, k) is None]
+        kept = lambda group: [r[k]["above_chance"][0] for r in group]  # noqa: B023 - used in this iteration
+        by_sparsity = _rank_correlation([r["sparsity"] for r in sparse], kept(sparse))
+        by_sharpness = _rank_correlation([r["sharpness"] for r in alive], kept(alive))
+        better = ", ".join(r["name"] for r in sparse if r[k]["above_vs_shipped"][1] > 0) or "none"
+        worse = ", ".join(r["name"] for r in sparse if r[k]["above_vs_shipped"][2] < 0) or "none"
+        lines.append(f"- K = {k}: left out, unpruned accuracy not above chance: {', '.join(dead) or 'none'}. "
+                     f"Rank correlation of retention above chance with sparsity {by_sparsity:+.2f} "
+                     f"({len(sparse)} sparse models), with sharpness {by_sharpness:+.2f} "
+                     f"({len(alive)} models); above the shipped model's beyond the paired interval: "
+                     f"{better}; below it: {worse}.")
     return lines
 
 
@@ -568,7 +594,8 @@ def write_report(folder: Path, results: dict, args: argparse.Namespace) -> None:
               "its 95 % cluster-bootstrap interval (scenes resampled); \"vs shipped\" is the paired "
               "difference from the shipped model's retention on the same questions (bold where its interval "
               "excludes 0); \"above chance\" = (accuracy at K − chance) / (unpruned accuracy − chance), "
-              "chance being the best constant answer per family on these questions (overall "
+              "with its paired difference from the shipped model's, chance being the best constant answer "
+              "per family on these questions (overall "
               f"{_pct(rows[0][args.budgets[0]]['chance'])} %); plain retention flatters a model near chance. "
               "Sharpness: mean increase of the teacher-forced validation loss under filter-normalised "
               f"Gaussian perturbations of radius {SHARPNESS_RADIUS} inside each model's own zero pattern "

@@ -457,11 +457,11 @@ def _above_chance(r: dict, k: int) -> list[float] | None:
     return r[k]["above_chance"] if r["none"]["score"] > r[k]["chance"] else None
 
 
-def _errorbar(ax, x: list[float], values: list[list[float]], marker: str, label: str) -> None:
+def _errorbar(ax, x: list[float], values: list[list[float]], style: dict) -> None:
     """values: [estimate, low, high] fractions per point, drawn in %."""
     y = [100 * v[0] for v in values]
     err = [[100 * (v[0] - v[1]) for v in values], [100 * (v[2] - v[0]) for v in values]]
-    ax.errorbar(x, y, yerr=err, marker=marker, capsize=3, label=label)
+    ax.errorbar(x, y, yerr=err, capsize=3, **style)
 
 
 def _plot(path: Path, rows: list[dict], budgets: list[int]) -> None:
@@ -471,25 +471,28 @@ def _plot(path: Path, rows: list[dict], budgets: list[int]) -> None:
     import matplotlib.pyplot as plt
     columns = 1 + len(budgets)
     fig, axes = plt.subplots(2, columns, figsize=(5 * columns, 9), squeeze=False)
-    markers = {"bidst": "o", "rigl": "s", "magnitude": "^", "dense": "D", "shipped": "*"}
+    markers = {"bidst": ("o", "C0"), "rigl": ("s", "C1"), "magnitude": ("^", "C2"), "dense": ("D", "C4"),
+               "shipped": ("*", "C3")}
     sparsity = "sparsity of the masked weights (%)"
-    for method, marker in markers.items():
+    for method, (marker, colour) in markers.items():
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
         if not mine:
             continue
         x = [100 * r["sparsity"] for r in mine]
-        label = LABELS[method]
-        _errorbar(axes[0, 0], x, [[r["none"]["score"], *r["none"]["ci95"]] for r in mine], marker, label)
-        axes[1, 0].scatter([r["sharpness"] for r in mine],
-                           [100 * r[budgets[0]]["retention"][0] for r in mine], marker=marker, label=label)
+        style = {"marker": marker, "color": colour, "label": LABELS[method]}
+        _errorbar(axes[0, 0], x, [[r["none"]["score"], *r["none"]["ci95"]] for r in mine], style)
+        alive = [r for r in mine if _above_chance(r, budgets[0]) is not None]
+        axes[1, 0].scatter([r["sharpness"] for r in alive],
+                           [100 * r[budgets[0]]["above_chance"][0] for r in alive], **style)
         for column, k in enumerate(budgets, start=1):
-            _errorbar(axes[0, column], x, [r[k]["retention"] for r in mine], marker, label)
+            _errorbar(axes[0, column], x, [r[k]["retention"] for r in mine], style)
             above = [(xi, _above_chance(r, k)) for xi, r in zip(x, mine) if _above_chance(r, k) is not None]
             if above:
-                _errorbar(axes[1, column], [a[0] for a in above], [a[1] for a in above], marker, label)
+                _errorbar(axes[1, column], [a[0] for a in above], [a[1] for a in above], style)
     axes[0, 0].set(xlabel=sparsity, ylabel="accuracy, 576 tokens (%)", title="unpruned accuracy (95 % CI)")
     axes[1, 0].set(xlabel=f"random-perturbation sharpness (radius {SHARPNESS_RADIUS})",
-                   ylabel=f"retention at K = {budgets[0]} (%)", title="retention vs sharpness")
+                   ylabel=f"retention above chance at K = {budgets[0]} (%)",
+                   title="retention above chance vs sharpness")
     for column, k in enumerate(budgets, start=1):
         axes[0, column].set(xlabel=sparsity, ylabel=f"retention at K = {k} (%)",
                             title=f"ID-Pruner K = {k}: accuracy / unpruned")

@@ -448,7 +448,8 @@ def _summary(args: argparse.Namespace, results: dict) -> list[dict]:
         for k in args.budgets:
             row[k] = {"pruned": details[f"id_pruner@{k}"], **retention(folder, shipped, k)}
         rows.append(row)
-    return rows
+    order = ["shipped", *METHODS]
+    return sorted(rows, key=lambda r: (order.index(r["method"]), r["sparsity"]))
 
 
 def _above_chance(r: dict, k: int) -> list[float] | None:

@@ -6,9 +6,11 @@ keeps its magnitude mask while RigL moves its mask, and the frozen tower is unto
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -126,3 +128,33 @@ def test_bad_grid_item_is_one_clear_error():
     assert sparse_llava.plan(args) == [("rigl", 0.9), ("dense", 0.0)]
     assert math.isclose(sparse_llava.plan(argparse.Namespace(grid=None, methods=["bidst", "dense"],
                                                              sparsities=[0.5]))[0][1], 0.5)
+
+
+def _write_log(folder, setting: str, scores: list[float], groups: list[str], answers: list[str]) -> None:
+    (folder / "synthetic").mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"q{i}", "score": s, "cluster": f"scene{i // 2}", "status": "ok", "group": g,
+             "answers": [a]} for i, (s, g, a) in enumerate(zip(scores, groups, answers, strict=True))]
+    (folder / "synthetic" / f"{setting}-abc.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+
+
+def test_retention_and_retention_above_chance_match_hand_computation(tmp_path):
+    # 8 questions in 4 scenes; family "exist" answers yes, yes, no, yes (best constant "yes": 3 of 4), family
+    # "colour" answers red x4 (best constant 4 of 4): chance = 7 / 8
+    groups = ["exist"] * 4 + ["colour"] * 4
+    answers = ["yes", "yes", "no", "yes", "red", "red", "red", "red"]
+    records = [{"group": g, "answers": [a]} for g, a in zip(groups, answers, strict=True)]
+    np.testing.assert_array_equal(sparse_llava.constant_scores(records), [1, 1, 0, 1, 1, 1, 1, 1])
+    model, shipped = tmp_path / "model", tmp_path / "shipped"
+    _write_log(model, "none", [1, 1, 1, 1, 1, 1, 1, 1], groups, answers)
+    _write_log(model, "id_pruner@32", [1, 1, 0, 1, 1, 1, 1, 1], groups, answers)
+    _write_log(shipped, "none", [1, 1, 1, 1, 1, 1, 1, 1], groups, answers)
+    _write_log(shipped, "id_pruner@32", [1, 0, 0, 1, 1, 1, 1, 0], groups, answers)
+    out = sparse_llava.retention(model, shipped, 32)
+    assert out["questions"] == 8 and out["chance"] == pytest.approx(7 / 8)
+    assert out["retention"][0] == pytest.approx(7 / 8)
+    assert out["vs_shipped"][0] == pytest.approx(7 / 8 - 5 / 8)
+    assert out["above_chance"][0] == pytest.approx((7 / 8 - 7 / 8) / (1 - 7 / 8))
+    assert out["above_vs_shipped"][0] == pytest.approx(0 - (5 / 8 - 7 / 8) / (1 - 7 / 8))
+    # (the above-chance intervals are undefined here: a replicate drawing only scene 0 has unpruned = chance)
+    for key in ("retention", "vs_shipped"):
+        assert out[key][1] <= out[key][0] <= out[key][2]

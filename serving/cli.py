@@ -19,7 +19,9 @@ from tokencomp.serving.visual_prompt import load_visual_prompt
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=str(DEFAULT_MODEL), help="local model directory (default: shipped)")
     parser.add_argument("--method", default="none", help=f"default method: {', '.join(tokencomp.methods.available())}")
-    parser.add_argument("--budget", type=int, default=None, help="default visual tokens per image")
+    parser.add_argument("--budget", type=_budget, default=None,
+                        help="default budget: visual tokens per image (an integer) or a fraction in (0, 1) of each "
+                             "image's tokens")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=None, help="require this bearer token on every request")
@@ -60,7 +62,18 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         processor_cache_gib=args.processor_cache_gib, visual_prompt=args.visual_prompt)
 
 
-def _check_default(model: str, method: str, budget: int | None) -> None:
+def _budget(text: str) -> int | float:
+    """`--budget 64` is a count, `--budget 0.25` a fraction (the range is checked with the model's limits)."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer or a fraction in (0, 1); got {text!r}") from None
+
+
+def _check_default(model: str, method: str, budget: float | None) -> None:
     """The server default must be one the model can apply: a supported model, a budget within its tokens."""
     config = AutoConfig.from_pretrained(model)
     n = image_tokens(config)

@@ -29,6 +29,14 @@ def vision_signals(q: torch.Tensor, k: torch.Tensor, num_heads: int, *, has_cls:
     return received_attention(q, k, num_heads), keys
 
 
+def merged_signals(q: torch.Tensor, k: torch.Tensor, num_heads: int, unit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(importance [N], keys [N, Dh]) of one image's merged tokens from its patches' q, k [S = unit * N, H*Dh],
+    where the `unit` consecutive patches of each merged token are adjacent rows (Qwen2-VL's 2 x 2 merger): the
+    attention each patch receives, summed over its token's patches, and their head-mean keys, averaged."""
+    importance, keys = vision_signals(q, k, num_heads, has_cls=False)
+    return importance.view(-1, unit).sum(dim=1), keys.view(-1, unit, keys.shape[-1]).mean(dim=1)
+
+
 _SENTINEL = "\ue000"  # a private-use character: no template or question contains it
 
 
@@ -46,12 +54,13 @@ def template_edges(processor) -> tuple[list[int], list[int]]:
 
 
 def compress_image(tokens: torch.Tensor, spec: Spec, *, cls_attn: torch.Tensor, keys: torch.Tensor,
-                   features: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor], grid: tuple[int, int],
-                   text: torch.Tensor | None) -> Compressed:
+                   features: torch.Tensor | None, project: Callable[[torch.Tensor], torch.Tensor] | None,
+                   grid: tuple[int, int], text: torch.Tensor | None) -> Compressed:
     """Apply `spec` to one image's projected tokens [N, D]. `features` [N, Dv] are the same patches before the
     projector `project` ([M, Dv] -> [M, D]): methods that compare patches there read them (VisPruner), and
     methods registered `before_projector` (VisionZip) compress them and have their K outputs projected, as their
-    released code does. `text` [T, D] is used only when the spec reads it."""
+    released code does (None where the model has no such features, e.g. Qwen2-VL, whose CLS-less tower those
+    methods cannot serve). `text` [T, D] is used only when the spec reads it."""
     if spec.method == "none":
         return Compressed(tokens=tokens, index=torch.arange(tokens.shape[0], device=tokens.device))
     signals = {"cls_attn": cls_attn, "keys": keys, "features": features, "grid": grid, "seed": spec.seed}

@@ -1,7 +1,9 @@
 """Prometheus counters of visual tokens before and after compression, served on vLLM's own `/metrics`.
 
 The processor runs in the API-server process, whose default registry `/metrics` exports, so counting there
-sees every request (cache hits included) without touching the engine.
+sees every request (cache hits included) without touching the engine. The token counters count models with a
+fixed patch grid (LLaVA); a Qwen2-VL image's N is known only once it is processed, so there only images count
+(each response's `usage.prompt_tokens` has the total).
 """
 
 from __future__ import annotations

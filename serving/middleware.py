@@ -21,7 +21,7 @@ from vllm import envs
 from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
 
 from tokencomp.serving import metrics, spec
-from tokencomp.serving.model_support import image_tokens, resolve_request
+from tokencomp.serving.model_support import QWEN, image_tokens, resolve_request
 
 logger = logging.getLogger("vllm.tokencomp")  # under vLLM's logger, so its handler prints it
 _IMAGE_PARTS = {"image_url", "input_image", "image_pil", "image_embeds"}
@@ -67,8 +67,12 @@ async def tokencomp_requests(request: Request, call_next) -> Response:
     response = await call_next(request)
     images = count_images(payload.get("messages")) if request.url.path == "/v1/chat/completions" else 0
     if images and 200 <= response.status_code < 300:
-        n = image_tokens(hf_config)
-        metrics.record(resolved, images=images, n_in=n * images, n_out=resolved.tokens_out(n) * images)
-        logger.info("tokencomp: method=%s budget=%s images=%d visual tokens %d -> %d", resolved.method,
-                    resolved.budget, images, n * images, resolved.tokens_out(n) * images)
+        if hf_config.model_type in QWEN:  # each image has its own N, known only once processed: images only
+            metrics.record(resolved, images=images, n_in=0, n_out=0)
+            logger.info("tokencomp: method=%s budget=%s images=%d", resolved.method, resolved.budget, images)
+        else:
+            n = image_tokens(hf_config)
+            metrics.record(resolved, images=images, n_in=n * images, n_out=resolved.tokens_out(n) * images)
+            logger.info("tokencomp: method=%s budget=%s images=%d visual tokens %d -> %d", resolved.method,
+                        resolved.budget, images, n * images, resolved.tokens_out(n) * images)
     return response

@@ -25,7 +25,7 @@ from tokencomp.serving.model_support import has_cls_token
 from tokencomp.serving.processor import TokenCompLlavaProcessor
 from tokencomp.signals import qk_from_fused_qkv
 
-_TC_FIELDS = ("tc_spec", "tc_options", "tc_text_ids")
+TC_FIELDS = ("tc_spec", "tc_options", "tc_text_ids")  # what the processor adds to an image's kwargs
 logger = logging.getLogger("vllm.tokencomp")  # under vLLM's logger, so its handler prints it
 # TOKENCOMP_LOG_KEPT=1: every rank logs each image's kept indices (for consistency checks across ranks and engines)
 LOG_KEPT = os.environ.get("TOKENCOMP_LOG_KEPT") == "1"
@@ -42,6 +42,16 @@ def finite_rows(tokens: torch.Tensor, kept: torch.Tensor, index: torch.Tensor, w
     return tokens[index.to(tokens.device)]
 
 
+def image_specs(kwargs: dict) -> tuple[dict, list[spec.Spec] | None]:
+    """Pops the processor's fields off an `embed_multimodal` call's kwargs: (those fields, each image's spec),
+    the specs None when vLLM's own path serves the call (no pixels, or every image of method 'none')."""
+    tc = {name: kwargs.pop(name, None) for name in TC_FIELDS}
+    if tc["tc_spec"] is None or kwargs.get("pixel_values") is None:
+        return tc, None
+    specs = [spec.decode(ints, opts) for ints, opts in zip(tc["tc_spec"], tc["tc_options"])]
+    return tc, None if all(s.method == "none" for s in specs) else specs
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     TokenCompLlavaProcessor, info=LlavaProcessingInfo, dummy_inputs=LlavaDummyInputsBuilder
 )
@@ -52,11 +62,8 @@ class TokenCompLlava(LlavaForConditionalGeneration):
     towers ('full'), refusing on SigLIP the methods defined by CLS attention."""
 
     def embed_multimodal(self, **kwargs: object):
-        tc = {name: kwargs.pop(name, None) for name in _TC_FIELDS}
-        if tc["tc_spec"] is None or kwargs.get("pixel_values") is None:
-            return super().embed_multimodal(**kwargs)
-        specs = [spec.decode(ints, opts) for ints, opts in zip(tc["tc_spec"], tc["tc_options"])]
-        if all(s.method == "none" for s in specs):
+        tc, specs = image_specs(kwargs)
+        if specs is None:
             return super().embed_multimodal(**kwargs)  # vLLM's own path: same tower call, nothing extra
         pixel_values = self._parse_and_validate_image_input(**kwargs)["pixel_values"]
         plain = [b for b, s in enumerate(specs) if s.method == "none"]

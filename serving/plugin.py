@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-_ARCH = "LlavaForConditionalGeneration"
-_CLASS = "tokencomp.serving.model:TokenCompLlava"
+# vLLM architecture -> TokenComp's model class (one adapter module per family); other architectures are untouched
+MODELS = {
+    "LlavaForConditionalGeneration": "tokencomp.serving.model:TokenCompLlava",
+    "Qwen2VLForConditionalGeneration": "tokencomp.serving.qwen2_vl:TokenCompQwen2VL",
+    "Qwen2_5_VLForConditionalGeneration": "tokencomp.serving.qwen2_vl:TokenCompQwen2_5VL",
+}
 
 
 def register() -> None:
-    """Serve every LLaVA checkpoint with TokenComp's model class (vanilla behaviour unless a request or the
-    server asks for compression). Idempotent: re-registering the same lazy class is a no-op for vLLM."""
+    """Serve every checkpoint of a family in MODELS with TokenComp's model class (vanilla behaviour unless a
+    request or the server asks for compression). Idempotent: re-registering the same lazy class is a no-op."""
     from tokencomp._compat import patch_torchvision
 
     patch_torchvision()  # vLLM's workers import transformers' image code, which imports torchvision
@@ -19,4 +23,5 @@ def register() -> None:
 
     install_image_guards()
 
-    ModelRegistry.register_model(_ARCH, _CLASS)
+    for architecture, model_class in MODELS.items():
+        ModelRegistry.register_model(architecture, model_class)

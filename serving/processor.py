@@ -21,7 +21,7 @@ from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
 from tokencomp.serving import limits, spec
 from tokencomp.serving.compression import template_edges
-from tokencomp.serving.model_support import max_aspect_ratio, resolve_request
+from tokencomp.serving.model_support import image_tokens, max_aspect_ratio, resolve_request
 from tokencomp.serving.visual_prompt import server_prompt
 from tokencomp.signals import question_ids
 
@@ -31,7 +31,20 @@ def _spec_of(payload: Mapping[str, object]) -> spec.Spec:
     return spec.Spec(**{k: v for k, v in payload.items() if k != "text_ids"})
 
 
-class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
+class TokenCompProcessing:
+    """The per-request part every family's processor shares (mixed in before vLLM's processor for the family):
+    a family says how many visual tokens each processed image has and which token id is its placeholder."""
+
+    def _image_token_counts(self, out: Mapping[str, object]) -> list[int] | None:
+        """Visual tokens [B] of each image in the HF processor's output, None when it holds no images."""
+        raise NotImplementedError
+
+    def _image_token_id(self) -> int:
+        raise NotImplementedError
+
+    def _adjust_pixels(self, out: dict) -> None:
+        """A family's change to the processed pixels before anything reads them (none by default)."""
+
     def get_dummy_inputs(self, seq_len, mm_counts, mm_options):
         # Profiling must see the most placeholders a request can ask for: the unmodified model's.
         inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
@@ -51,8 +64,7 @@ class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
                                       parameter=f"{spec.P}.method")
         payload = dataclasses.asdict(resolved)
         if resolved.uses_text():
-            image_token = self.info.get_hf_config().image_token_index
-            payload["text_ids"] = question_ids(list(inputs.prompt), *self._template_edges, image_token)
+            payload["text_ids"] = question_ids(list(inputs.prompt), *self._template_edges, self._image_token_id())
             if not payload["text_ids"]:
                 raise VLLMValidationError(f"method {resolved.method!r} reads the question, but the prompt has no text",
                                           parameter="messages")
@@ -77,13 +89,13 @@ class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
         hf_kwargs = dict(hf_kwargs)
         payload = hf_kwargs.pop(spec.KEY)  # never reaches the HF processor
         out = super()._call_hf_processor(hf_data, hf_kwargs)
-        prompt = server_prompt(self.info.get_hf_config())
-        if prompt is not None:  # `tokencomp serve --visual-prompt`: before pruning sees the pixels
-            out["pixel_values"] = prompt.apply(out["pixel_values"])
-        n_images = len(out["pixel_values"])
-        out.update(spec.encode(_spec_of(payload), n_images))
+        counts = self._image_token_counts(out)
+        if counts is None:
+            return out
+        self._adjust_pixels(out)
+        out.update(spec.encode(_spec_of(payload), counts))
         text_ids = torch.tensor(payload.get("text_ids", []), dtype=torch.long)
-        out["tc_text_ids"] = text_ids.repeat(n_images, 1)
+        out["tc_text_ids"] = text_ids.repeat(len(counts), 1)
         return out
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
@@ -94,11 +106,29 @@ class TokenCompLlavaProcessor(LlavaMultiModalProcessor):
 
     def _get_prompt_updates(self, mm_items: MultiModalDataItems, hf_processor_mm_kwargs: Mapping[str, object],
                             out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]:
-        (update,) = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
         resolved = _spec_of(hf_processor_mm_kwargs[spec.KEY])
+        # the family's own code may build its HF processor from these kwargs (Qwen does): without ours
+        hf_kwargs = {key: value for key, value in hf_processor_mm_kwargs.items() if key != spec.KEY}
+        updates = super()._get_prompt_updates(mm_items, hf_kwargs, out_mm_kwargs)
 
-        def replacement(item_idx: int) -> list[int]:
-            full = update.replacement(item_idx)
-            return full[: resolved.tokens_out(len(full))]
+        def shortened(update: PromptUpdate) -> PromptUpdate:
+            def replacement(item_idx: int) -> list[int]:
+                full = update.replacement(item_idx)
+                return full[: resolved.tokens_out(len(full))]
 
-        return [PromptReplacement(modality="image", target=update.target, replacement=replacement)]
+            return PromptReplacement(modality="image", target=update.target, replacement=replacement)
+
+        return [shortened(u) if u.modality == "image" else u for u in updates]
+
+
+class TokenCompLlavaProcessor(TokenCompProcessing, LlavaMultiModalProcessor):
+    def _image_token_counts(self, out: Mapping[str, object]) -> list[int]:
+        return [image_tokens(self.info.get_hf_config())] * len(out["pixel_values"])
+
+    def _image_token_id(self) -> int:
+        return self.info.get_hf_config().image_token_index
+
+    def _adjust_pixels(self, out: dict) -> None:
+        prompt = server_prompt(self.info.get_hf_config())
+        if prompt is not None:  # `tokencomp serve --visual-prompt`: before pruning sees the pixels
+            out["pixel_values"] = prompt.apply(out["pixel_values"])

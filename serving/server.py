@@ -37,7 +37,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "tokencomp-t
 class ServerConfig:
     model: str = str(DEFAULT_MODEL)
     method: str = "none"
-    budget: int | None = None
+    budget: int | float | None = None  # a count or a fraction (see serving.spec)
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None

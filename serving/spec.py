@@ -2,6 +2,9 @@
 the per-image tensors that carry it from the processor (API-server process) to the model (engine process).
 
 Request body (chat completions):  "mm_processor_kwargs": {"tokencomp": {"method": "itg", "budget": 64}}
+The budget is a count (an integer: keep that many visual tokens per image, or all of an image that has fewer) or
+a fraction (a number in (0, 1): keep that share of each image's tokens, rounded half up, at least 1): with
+dynamic resolution (Qwen2-VL) images differ in N, and a fraction scales with each.
 Optional keys: "question_aware" (bool: mix the question's relevance into the importance of methods that can
 use it), "seed" (int, for `random`), "options" (the method's own settings, e.g. {"tau": 0.1}).
 Every error is a ValueError whose message names the field and the allowed values: vLLM answers it with HTTP 400.
@@ -28,7 +31,7 @@ _TRIAL_TOKENS = 16  # the dry run of a method's options: enough tokens for every
 @dataclass(frozen=True)
 class Spec:
     method: str = "none"
-    budget: int | None = None  # None: keep every token
+    budget: int | float | None = None  # a count, a fraction in (0, 1), or None: keep every token
     question_aware: bool = False
     seed: int = 0
     options: Mapping[str, float | int | bool] = field(default_factory=dict)
@@ -40,7 +43,12 @@ class Spec:
         return "text" in uses and (self.question_aware or "cls_attn" not in uses)
 
     def tokens_out(self, n: int) -> int:
-        return n if self.method == "none" or self.budget is None else min(self.budget, n)
+        """Visual tokens kept of an image with `n`."""
+        if self.method == "none" or self.budget is None:
+            return n
+        if isinstance(self.budget, float):
+            return max(1, math.floor(self.budget * n + 0.5))
+        return min(self.budget, n)
 
 
 class SpecError(ValueError):
@@ -53,6 +61,11 @@ class SpecError(ValueError):
 
 def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_fraction(value: object) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool) and not _is_int(value)
+            and 0 < value < 1)
 
 
 def parse(raw: object, *, max_budget: int, default: Spec | None = None) -> Spec:
@@ -74,11 +87,11 @@ def parse(raw: object, *, max_budget: int, default: Spec | None = None) -> Spec:
         raise SpecError(f"{P}.budget", "does not apply to method 'none', which keeps every visual token; "
                                        "drop the budget or choose a compressing method")
     budget = raw.get("budget", base.budget if base.method != "none" else None)
-    if budget is not None and (not _is_int(budget) or not 1 <= budget <= max_budget):
-        raise SpecError(f"{P}.budget", f"must be an integer in [1, {max_budget}] (visual tokens per image); "
-                                       f"got {budget!r}")
+    allowed = f"an integer in [1, {max_budget}] (visual tokens per image) or a fraction in (0, 1) of each image's"
+    if budget is not None and not (_is_int(budget) and 1 <= budget <= max_budget or _is_fraction(budget)):
+        raise SpecError(f"{P}.budget", f"must be {allowed}; got {budget!r}")
     if method != "none" and budget is None:
-        raise SpecError(f"{P}.budget", f"is required for method {method!r}: an integer in [1, {max_budget}]")
+        raise SpecError(f"{P}.budget", f"is required for method {method!r}: {allowed}")
     question_aware = raw.get("question_aware", base.question_aware)
     if not isinstance(question_aware, bool):
         raise SpecError(f"{P}.question_aware", f"must be true or false; got {question_aware!r}")
@@ -87,7 +100,9 @@ def parse(raw: object, *, max_budget: int, default: Spec | None = None) -> Spec:
         raise SpecError(f"{P}.seed", f"must be an integer in [0, 2^31); got {seed!r}")
     options = raw.get("options", base.options if method == base.method else {})
     options = _check_options(method, options)
-    return Spec(method, None if method == "none" else int(budget), question_aware, int(seed), options)
+    if method != "none":
+        budget = int(budget) if _is_int(budget) else float(budget)
+    return Spec(method, None if method == "none" else budget, question_aware, int(seed), options)
 
 
 def option_defaults(method: str) -> dict[str, object]:
@@ -151,18 +166,21 @@ def _trial(method: str, options: dict, where: str) -> None:
                                f"usual range")
 
 
-def encode(spec: Spec, num_images: int) -> dict[str, torch.Tensor]:
-    """Per-image tensors that carry the spec to the engine: ints [B, 4] and the method's options [B, M]
-    (M = the method's option count, NaN = its default)."""
+def encode(spec: Spec, image_tokens: list[int]) -> dict[str, torch.Tensor]:
+    """Per-image tensors that carry the spec to the engine for images of `image_tokens` [B] visual tokens each:
+    ints [B, 4] (the budget resolved to each image's count) and the method's options [B, M] (M = the method's
+    option count, NaN = its default)."""
     method_id = tokencomp.methods.available().index(spec.method)
-    ints = torch.tensor([method_id, spec.budget or 0, spec.seed, int(spec.question_aware)], dtype=torch.long)
+    budgets = [0 if spec.budget is None else spec.tokens_out(n) for n in image_tokens]
+    ints = torch.tensor([[method_id, k, spec.seed, int(spec.question_aware)] for k in budgets], dtype=torch.long)
     names = tokencomp.methods.get(spec.method).options()
     opts = torch.tensor([float(spec.options.get(name, float("nan"))) for name in names], dtype=torch.float64)
-    return {"tc_spec": ints.repeat(num_images, 1), "tc_options": opts.repeat(num_images, 1)}
+    return {"tc_spec": ints.reshape(len(budgets), 4), "tc_options": opts.repeat(len(budgets), 1)}
 
 
 def decode(ints: torch.Tensor, opts: torch.Tensor) -> Spec:
-    """Inverse of `encode` for one image's rows (options back in their declared types)."""
+    """Inverse of `encode` for one image's rows (options back in their declared types; the budget is the
+    image's resolved count)."""
     method_id, budget, seed, question_aware = (int(v) for v in ints.tolist())
     method = tokencomp.methods.available()[method_id]
     defaults = option_defaults(method)

@@ -1,15 +1,11 @@
-"""Families beyond LLaVA-1.5's CLIP layout. With method `none` a SigLIP-tower LLaVA (no CLS token, 'full'
-features), Qwen2-VL and Qwen2.5-VL answer with the same tokens and log-probabilities as vanilla vLLM. The SigLIP
-LLaVA compresses (importance: the attention each patch receives) exactly as the transformers reference does,
-except with the methods defined by CLS attention, which are a 400 saying why; compression on Qwen is a 400
-naming the model type (never a silent 200 with every token); a server default they cannot apply stops
-`tokencomp serve`."""
+"""A LLaVA with a SigLIP tower (no CLS token, 'full' features): with method `none` it answers with the same
+tokens and log-probabilities as vanilla vLLM; it compresses (importance: the attention each patch receives)
+exactly as the transformers reference does, except with the methods defined by CLS attention, which are a 400
+saying why. Qwen2-VL / Qwen2.5-VL: `tests/test_serving_qwen.py`."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import openai
@@ -18,7 +14,6 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from tests.helpers import greedy_with_logprobs, max_logprob_difference
 from tests.llava_fixture import make_llava
-from tests.qwen_fixture import make_qwen
 from tokencomp.benchmarks.hostile import data_url, png
 from tokencomp.benchmarks.load import scene_requests
 from tokencomp.serving.hf_reference import answer
@@ -100,37 +95,3 @@ def test_cls_methods_on_a_siglip_llava_are_a_400_naming_why(ours, method):
             "mm_processor_kwargs": {"tokencomp": {"method": method, "budget": 8}}})
     assert err.value.body["param"] == "mm_processor_kwargs.tokencomp.method"
     assert "SigLIP tower has no CLS token" in err.value.body["message"]
-
-
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
-def qwen(request, tmp_path_factory):
-    model_dir = make_qwen(tmp_path_factory.mktemp(request.param) / "model", request.param)
-    with _client(model_dir, tmp_path_factory, vanilla=False) as ours_url, \
-            _client(model_dir, tmp_path_factory, vanilla=True) as vanilla_url:
-        yield request.param, model_dir, *(openai.OpenAI(base_url=u, api_key="none", max_retries=0, timeout=120)
-                                          for u in (ours_url, vanilla_url))
-
-
-def test_none_on_qwen_is_vanilla_vllm_and_compression_is_refused(qwen):
-    family, _, ours_client, vanilla_client = qwen
-    for messages in scene_requests(2):
-        ours_reply = greedy_with_logprobs(ours_client, messages, {"mm_processor_kwargs": {
-            "tokencomp": {"method": "none"}}})
-        vanilla_reply = greedy_with_logprobs(vanilla_client, messages)
-        assert ours_reply[:2] == vanilla_reply[:2]
-        assert max_logprob_difference(ours_reply[2], vanilla_reply[2]) == 0.0
-    with pytest.raises(openai.BadRequestError) as err:
-        ours_client.chat.completions.create(model="llava", messages=messages, max_tokens=2, extra_body={
-            "mm_processor_kwargs": {"tokencomp": {"method": "itg", "budget": 32}}})
-    assert err.value.body["param"] == "mm_processor_kwargs.tokencomp.method"
-    assert f"this model's type is '{family}'" in err.value.body["message"]
-
-
-def test_a_default_the_model_cannot_apply_stops_the_server_at_start(qwen):
-    _, model_dir, _, _ = qwen
-    proc = subprocess.run([sys.executable, "-m", "tokencomp.cli", "serve", str(model_dir), "--method", "itg",
-                           "--budget", "64"], capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 2
-    expected = ("tokencomp serve: error: --method itg: tokencomp compresses LLaVA models (model type 'llava') with "
-                f"a CLIP or SigLIP vision tower; this model's type is '{qwen[0]}': only method 'none' is available")
-    assert proc.stderr.strip().splitlines() == [expected]

@@ -42,9 +42,30 @@ def test_boolean_and_null_options_are_accepted_and_survive_the_trip_to_the_engin
     parsed = spec.parse({"method": "itg", "budget": 8, "options": {"restore_norm": False, "rho": None}},
                         max_budget=576)
     assert parsed.options == {"restore_norm": False}
-    rows = spec.encode(parsed, 2)
+    rows = spec.encode(parsed, [576, 576])
     decoded = spec.decode(rows["tc_spec"][1], rows["tc_options"][1])
     assert decoded == parsed and type(decoded.options["restore_norm"]) is bool
+
+
+@pytest.mark.parametrize(("budget", "counts", "kept"), [
+    (16, [64, 10, 576], [16, 10, 16]),  # a count caps each image
+    (0.25, [64, 10, 576], [16, 3, 144]),  # a fraction scales with each image (rounded half up)
+    (0.3, [64, 1, 5], [19, 1, 2]),  # at least one token
+])
+def test_a_budget_is_a_count_or_a_fraction_of_each_image(budget, counts, kept):
+    parsed = spec.parse({"method": "id_pruner", "budget": budget}, max_budget=576)
+    assert parsed.budget == budget and type(parsed.budget) is type(budget)
+    assert [parsed.tokens_out(n) for n in counts] == kept
+    rows = spec.encode(parsed, counts)["tc_spec"]
+    assert [spec.decode(row, torch.empty(0)).budget for row in rows] == kept  # the engine gets each count
+
+
+@pytest.mark.parametrize("budget", [0, 577, 1.0, 0.0, -0.25, float("nan"), True, "16"])
+def test_a_budget_outside_counts_and_fractions_is_refused_naming_both(budget):
+    with pytest.raises(spec.SpecError) as err:
+        spec.parse({"method": "id_pruner", "budget": budget}, max_budget=576)
+    assert err.value.field == f"{spec.P}.budget"
+    assert "an integer in [1, 576] (visual tokens per image) or a fraction in (0, 1)" in str(err.value)
 
 
 def test_server_default_budget_does_not_leak_into_a_request_for_none():

@@ -5,7 +5,10 @@ Dynamic resolution: an image of t x h x w patches has N = t·h·w / 4 visual tok
 processor resolves the budget per image (a count, or a fraction of N) and emits K placeholders. Signals: the
 tower has no CLS token, so the importance of a patch is the mean attention it receives in the tower's last
 block (its rotated q, k are read by a forward hook on that block's rotary step, computed over the whole image),
-summed over the 4 patches a merged token covers; keys are the head-mean keys averaged the same way.
+summed over the 4 patches a merged token covers; keys are the head-mean keys averaged the same way. Under
+tensor parallelism each rank's hook sees only its share of the heads: the head means are summed across ranks
+(`all_heads_mean`), so every rank keeps the same tokens. With `--mm-encoder-tp-mode data` (a replicated tower
+that vLLM would give each rank only some of the images) a compressing batch runs every image on every rank.
 
 Positions. Qwen's language model places visual token (t, h, w) of its merged grid at origin + (t, h, w), where
 the origin follows the text before the image, and the text after the image resumes after the whole grid. A
@@ -131,11 +134,14 @@ class _QwenCompression:
             return super().embed_multimodal(**kwargs)  # vLLM's own path: same tower call, nothing extra
         image_input = self._parse_and_validate_image_input(**kwargs)
         grids = image_input["image_grid_thw"].tolist()
-        with self._last_block_qk() as captured:
-            embeds = self._process_image_input(image_input)  # vLLM's tower call, one tensor per image
-        (q, k), = captured
         merge = self.visual.spatial_merge_size
         sizes = [t * h * w for t, h, w in grids]
+        # The tower over every image on this rank, as vLLM calls it without `--mm-encoder-tp-mode data`; in that
+        # mode vLLM would give each rank some of the images (its tower is replicated), so the hook would see only
+        # those: here every rank runs them all and computes every image's signals itself.
+        with self._last_block_qk() as captured:
+            embeds = self.visual(image_input["pixel_values"], grid_thw=grids).split([n // merge**2 for n in sizes])
+        (q, k), = captured
         out = []
         for b, (tokens, qb, kb, thw) in enumerate(zip(embeds, q.split(sizes), k.split(sizes), grids)):
             if specs[b].method == "none":

@@ -2,13 +2,17 @@
 trained here with Qwen's special tokens and chat template, the Qwen2-VL image processor with small pixel
 bounds (224 x 224 -> 64 image tokens after the 2 x 2 merger), and a tiny model of the exact architecture
 (M-RoPE sections sized for head_dim 32, the smallest vLLM's CPU attention supports; Qwen2.5-VL with window
-attention and one full-attention block). Saved with `save_pretrained`, the hub layout both engines load."""
+attention and one full-attention block). Saved with `save_pretrained`, the hub layout both engines load.
+Also the noise-image conversations and the greedy request the Qwen serving tests share."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     Qwen2_5_VLConfig,
@@ -20,6 +24,8 @@ from transformers import (
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
 )
+
+from tokencomp.benchmarks.hostile import data_url
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
             "<|video_pad|>"]
@@ -76,3 +82,34 @@ def make_qwen(path: Path, family: str = "qwen2_vl", seed: int = 0) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+QUESTIONS = ["how many red circles are there ?", "what is the colour of the object in the image ?"]
+N = 64  # visual tokens of a 224 x 224 image: 16 x 16 patches, 2 x 2 merged
+
+
+def noise_conversation(seed: int) -> tuple[Image.Image, str, list[dict]]:
+    """A 224 x 224 noise image, its question and the chat messages asking it. Not a scene: a scene's flat
+    background gives exactly equal visual tokens, and between equal tokens a diversity method's pick is decided
+    by rounding, which differs between vLLM's and transformers' kernels (measured: CDPruner's pick flips under
+    1e-6 relative noise on a scene, under none of 5 draws of 1e-5 on noise)."""
+    image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    question = QUESTIONS[seed % 2]
+    return image, question, [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(buf.getvalue())}}, {"type": "text", "text": question}]}]
+
+
+def ask(client, messages: list[dict], tc: dict) -> tuple[list[int], int, list[dict[int, float]]]:
+    """(greedy token ids, prompt tokens, top-5 log-probabilities per step) of 5 greedy tokens under `tc`."""
+    reply = client.chat.completions.create(
+        model="llava", messages=messages, max_tokens=5, temperature=0, logprobs=True, top_logprobs=5,
+        extra_body={"mm_processor_kwargs": {"tokencomp": tc}, "return_tokens_as_token_ids": True})
+    steps = reply.choices[0].logprobs.content
+    return ([_id(s.token) for s in steps], reply.usage.prompt_tokens,
+            [{_id(t.token): t.logprob for t in s.top_logprobs} for s in steps])
+
+
+def _id(token: str) -> int:
+    return int(token.removeprefix("token_id:"))

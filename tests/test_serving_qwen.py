@@ -7,7 +7,6 @@ defined by CLS attention are a 400 naming the model; a server default that canno
 
 from __future__ import annotations
 
-import io
 import re
 import subprocess
 import sys
@@ -16,19 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import openai
 import pytest
-from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tests.helpers import greedy_with_logprobs, max_logprob_difference
-from tests.qwen_fixture import make_qwen
-from tokencomp.benchmarks.hostile import data_url
+from tests.qwen_fixture import N, ask, make_qwen, noise_conversation
 from tokencomp.benchmarks.load import scene_requests
 from tokencomp.serving.launcher import free_port, running
 from tokencomp.serving.qwen_reference import answer
 from tokencomp.serving.server import ServerConfig
 from tokencomp.serving.spec import Spec
 
-N = 64  # visual tokens of a 224 x 224 image: 16 x 16 patches, 2 x 2 merged
 NAMES = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL"}
 
 
@@ -46,19 +42,6 @@ def qwen(request, tmp_path_factory):
             openai.OpenAI(base_url=u, api_key="none", max_retries=0, timeout=120) for u in (ours_url, vanilla_url))
 
 
-def _ask(client, messages, tc: dict):
-    reply = client.chat.completions.create(
-        model="llava", messages=messages, max_tokens=5, temperature=0, logprobs=True, top_logprobs=5,
-        extra_body={"mm_processor_kwargs": {"tokencomp": tc}, "return_tokens_as_token_ids": True})
-    steps = reply.choices[0].logprobs.content
-    return ([_id(s.token) for s in steps], reply.usage.prompt_tokens,
-            [{_id(t.token): t.logprob for t in s.top_logprobs} for s in steps])
-
-
-def _id(token: str) -> int:
-    return int(token.removeprefix("token_id:"))
-
-
 def test_none_on_qwen_is_vanilla_vllm(qwen):
     _, _, _, ours, vanilla = qwen
     for messages in scene_requests(2):
@@ -69,19 +52,6 @@ def test_none_on_qwen_is_vanilla_vllm(qwen):
 
 
 METHODS = ["id_pruner", "itg", "mmr", "cdpruner", "divprune", "random", "pool", "first"]
-QUESTIONS = ["how many red circles are there ?", "what is the colour of the object in the image ?"]
-
-
-def _noise_conversation(seed: int) -> tuple[Image.Image, list[dict]]:
-    """A 224 x 224 noise image and a question. Not a scene: a scene's flat background gives exactly equal
-    visual tokens, and between equal tokens a diversity method's pick is decided by rounding, which differs
-    between vLLM's and transformers' kernels (measured: CDPruner's pick flips under 1e-6 relative noise on a
-    scene, under none of 5 draws of 1e-5 on noise)."""
-    image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (224, 224, 3), dtype=np.uint8))
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return image, [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(buf.getvalue())}},
-                                                {"type": "text", "text": QUESTIONS[seed % 2]}]}]
 
 
 def test_qwen_compresses_as_the_transformers_reference(qwen):
@@ -93,11 +63,11 @@ def test_qwen_compresses_as_the_transformers_reference(qwen):
     processor = AutoProcessor.from_pretrained(model_dir)
     worst = 0.0
     for seed in range(2):
-        image, messages = _noise_conversation(seed)
-        full_prompt = _ask(ours, messages, {"method": "none"})[1]
+        image, question, messages = noise_conversation(seed)
+        full_prompt = ask(ours, messages, {"method": "none"})[1]
         for method in METHODS:
-            tokens, prompt_tokens, logprobs = _ask(ours, messages, {"method": method, "budget": 20})
-            expected = answer(model, processor, image, QUESTIONS[seed % 2], Spec(method, 20))
+            tokens, prompt_tokens, logprobs = ask(ours, messages, {"method": method, "budget": 20})
+            expected = answer(model, processor, image, question, Spec(method, 20))
             logged = re.findall(rf"tokencomp: rank=0 method={method} kept=([\d,]+)", log.read_text())
             assert logged[-1] == ",".join(map(str, expected.compressed.index.tolist())), method
             assert prompt_tokens == expected.prompt_tokens == full_prompt - (N - 20)
@@ -111,12 +81,12 @@ def test_qwen_compresses_as_the_transformers_reference(qwen):
 def test_budgets_are_counts_or_fractions_of_each_image(qwen):
     _, _, _, ours, _ = qwen
     (messages,) = scene_requests(1)
-    full = _ask(ours, messages, {"method": "none"})[1]
+    full = ask(ours, messages, {"method": "none"})[1]
     for budget, kept in [(16, 16), (0.25, 16), (0.3, 19), (1000, N)]:
-        assert _ask(ours, messages, {"method": "id_pruner", "budget": budget})[1] == full - (N - kept), budget
+        assert ask(ours, messages, {"method": "id_pruner", "budget": budget})[1] == full - (N - kept), budget
     for bad in (0, 1.0, -0.5, 20000):
         with pytest.raises(openai.BadRequestError) as err:
-            _ask(ours, messages, {"method": "id_pruner", "budget": bad})
+            ask(ours, messages, {"method": "id_pruner", "budget": bad})
         assert err.value.body["param"] == "mm_processor_kwargs.tokencomp.budget"
         assert "or a fraction in (0, 1)" in err.value.body["message"]
 
@@ -126,9 +96,9 @@ def test_requests_with_different_specs_in_one_engine_batch_keep_their_own_select
     cases = [(m, tc) for m in scene_requests(2) for tc in (
         {"method": "none"}, {"method": "id_pruner", "budget": 12}, {"method": "pool", "budget": 0.5},
         {"method": "itg", "budget": 30, "question_aware": True})]
-    alone = [_ask(ours, m, tc) for m, tc in cases]
+    alone = [ask(ours, m, tc) for m, tc in cases]
     with ThreadPoolExecutor(len(cases)) as pool:
-        together = list(pool.map(lambda case: _ask(ours, *case), cases))
+        together = list(pool.map(lambda case: ask(ours, *case), cases))
     for (tokens, prompt, logprobs), (tokens_b, prompt_b, logprobs_b) in zip(alone, together):
         assert (tokens, prompt) == (tokens_b, prompt_b)
         assert max(abs(a[t] - b[t]) for a, b in zip(logprobs, logprobs_b) for t in a if t in b) < 1e-3
@@ -139,7 +109,7 @@ def test_cls_methods_on_qwen_are_a_400_naming_the_model(qwen, method):
     family, _, _, ours, _ = qwen
     (messages,) = scene_requests(1)
     with pytest.raises(openai.BadRequestError) as err:
-        _ask(ours, messages, {"method": method, "budget": 8})
+        ask(ours, messages, {"method": method, "budget": 8})
     assert err.value.body["param"] == "mm_processor_kwargs.tokencomp.method"
     assert f"this model's {NAMES[family]} tower has no CLS token" in err.value.body["message"]
 

@@ -18,7 +18,8 @@ RECIPES = {"tiny-llava": "tokencomp.training.recipes.tiny_llava",
            "optima": "tokencomp.training.recipes.optima",
            "sparse-sam-study": "tokencomp.training.recipes.sparse_sam_study",
            "sparse-llava": "tokencomp.training.recipes.sparse_llava",
-           "moe-llava": "tokencomp.training.recipes.moe_llava"}
+           "moe-llava": "tokencomp.training.recipes.moe_llava",
+           "dual-teacher": "tokencomp.training.recipes.dual_teacher"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,9 @@
 """The sparse-llava recipe's smoke run on a tiny random LLaVA of the shipped architecture (scene tokenizer,
 CLIP tower, LLaMA decoder): every sparsified tensor of the saved checkpoint holds exactly its budget's zeros
 (+0.0), transformers loads it with every key, the card states each tensor's zeros, the one-shot magnitude run
-keeps its magnitude mask while RigL moves its mask, and the frozen tower is untouched."""
+keeps its magnitude mask while RigL moves its mask, the frozen tower is untouched, and a sparse checkpoint is
+served by a real `tokencomp serve` process as it is, with greedy answers and prompt lengths equal to
+transformers' on the same checkpoint, unpruned and under ID-Pruner."""
 
 from __future__ import annotations
 
@@ -11,12 +13,19 @@ import math
 import re
 
 import numpy as np
+import openai
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlavaForConditionalGeneration
+from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from tokencomp.benchmarks.load import scene_requests
 from tokencomp.cli import main as cli_main
+from tokencomp.serving.hf_reference import answer
+from tokencomp.serving.launcher import free_port, running
+from tokencomp.serving.server import ServerConfig
+from tokencomp.serving.spec import Spec
+from tokencomp.training import scenes
 from tokencomp.training.llava_hf import save_llava_hf
 from tokencomp.training.recipes import sparse_llava
 from tokencomp.training.recipes.tiny_llava_model import build_model
@@ -128,6 +137,30 @@ def test_bad_grid_item_is_one_clear_error():
     assert sparse_llava.plan(args) == [("rigl", 0.9), ("dense", 0.0)]
     assert math.isclose(sparse_llava.plan(argparse.Namespace(grid=None, methods=["bidst", "dense"],
                                                              sparsities=[0.5]))[0][1], 0.5)
+
+
+def test_a_sparse_checkpoint_is_served_as_is_with_transformers_greedy_answers(smoke, tmp_path):
+    # Only answers and prompt lengths are compared: vLLM's CPU linear layers pack each weight into oneDNN's opaque
+    # layout and drop the dense tensor, so the engine's copy of the zeros cannot be read back (its
+    # `save_sharded_state` returns no linear weights on CPU).
+    _, out = smoke
+    path = out / "rigl-70"
+    config = ServerConfig(model=str(path), port=free_port(), served_model_name="llava")
+    with running(config, log=tmp_path / "server.log") as url:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
+        model = LlavaForConditionalGeneration.from_pretrained(path).eval()
+        processor = AutoProcessor.from_pretrained(path)
+        for index, messages in enumerate(scene_requests(3)):
+            question = messages[0]["content"][1]["text"]
+            image = scenes.render(scenes.make_scene("test", index))
+            for spec in (Spec(), Spec("id_pruner", 16)):
+                body = {"method": spec.method, **({"budget": spec.budget} if spec.budget else {})}
+                reply = client.chat.completions.create(
+                    model="llava", messages=messages, max_tokens=4, temperature=0,
+                    extra_body={"mm_processor_kwargs": {"tokencomp": body}})
+                expected = answer(model, processor, image, question, spec, max_new_tokens=4)
+                assert reply.choices[0].message.content.strip() == expected.text.strip(), (index, spec)
+                assert reply.usage.prompt_tokens == expected.prompt_tokens
 
 
 def _write_log(folder, setting: str, scores: list[float], groups: list[str], answers: list[str]) -> None:

@@ -22,6 +22,7 @@ from tokencomp.training.moe import (
 from tokencomp.training.moe_partial import (
     RouterRecorder,
     peak_step_bytes,
+    random_experts,
     routing_mass,
     top_experts,
     train_only_experts,
@@ -137,6 +138,22 @@ def test_top_experts_takes_the_largest_mass_per_layer_ties_to_the_lower_index():
     assert top_experts(mass, 2).tolist() == [[1, 3], [0, 2]]
     with pytest.raises(ValueError, match="u must be in \\[1, E=4\\], got 0"):
         top_experts(mass, 0)
+
+
+def test_random_experts_are_distinct_in_range_sorted_reproducible_and_cover_every_expert():
+    picks = random_experts(layers=400, num_experts=4, u=2, seed=7)
+    assert picks.shape == (400, 2)
+    assert bool((picks[:, 0] < picks[:, 1]).all())  # sorted rows of distinct experts
+    assert picks.min() >= 0 and picks.max() <= 3
+    assert torch.equal(picks, random_experts(400, 4, 2, seed=7))
+    assert not torch.equal(picks, random_experts(400, 4, 2, seed=8))
+    pairs = {tuple(row) for row in picks.tolist()}
+    assert len(pairs) == 6  # all C(4, 2) pairs drawn; each has chance 1/6 a row, so 400 rows miss one w.p. < 1e-30
+    counts = torch.bincount(picks.flatten(), minlength=4)
+    # each expert is in a row's pair w.p. 1/2: Binomial(400, 1/2), mean 200, sd 10
+    assert bool((counts > 150).all()) and bool((counts < 250).all()), counts
+    with pytest.raises(ValueError, match="u must be in \\[1, E=4\\], got 5"):
+        random_experts(2, 4, 5, seed=0)
 
 
 def test_router_load_loss_matches_its_definition():

@@ -63,6 +63,16 @@ def top_experts(mass: torch.Tensor, u: int) -> torch.Tensor:
     return torch.sort(torch.argsort(-mass, dim=-1, stable=True)[:, :u], dim=-1).values
 
 
+def random_experts(layers: int, num_experts: int, u: int, seed: int) -> torch.Tensor:
+    """[layers, u] u distinct experts per layer drawn uniformly at random with `seed` (sorted per row): the
+    control for `top_experts`, training as many experts chosen without looking at the routing."""
+    if not 1 <= u <= num_experts:
+        raise ValueError(f"u must be in [1, E={num_experts}], got {u}")
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randperm(num_experts, generator=generator)[:u] for _ in range(layers)]
+    return torch.sort(torch.stack(rows), dim=-1).values
+
+
 def train_only_experts(model, chosen: torch.Tensor) -> list[torch.nn.Parameter]:
     """Freeze everything but the routers and, per layer i, the experts chosen[i] (call `split_experts` first);
     return the parameters left trainable."""

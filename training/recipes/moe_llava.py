@@ -11,15 +11,21 @@ Per seed:
    with the Switch/Mixtral load-balancing loss, so that routing and experts diverge from the copies;
 3. new task, "What size is the <colour> <shape>?" -> small / medium / large (a family the model never answered; its
    words are in the vocabulary already, "size" as word pieces), trained on its questions alone, from the same
-   start, three ways: `moe-top-u` (the u experts per layer with the most routing mass on the task's question
-   and answer tokens, + routers), `moe-all` (every expert + routers) and `dense` (the shipped model, every LLM
-   weight). Each reports trainable parameters, the median step time, the peak bytes allocated by its first step
+   start, on the same batches, four ways (`--variants`): `moe-top-u` (the u experts per layer with the most
+   routing mass on the task's question and answer tokens, + routers), `moe-random-u` (u experts per layer drawn at
+   random, + routers: the control for the routing-mass choice), `moe-all` (every expert + routers) and `dense`
+   (the shipped model, every LLM weight). With `--replay R` each training sequence is, with probability R, one of
+   the old families' (same scenes) instead of the new one's: replay of old data against forgetting. Each reports
+   trainable parameters, the median step time, the peak bytes allocated by its first step
    (torch.profiler's CPU memory events: activations + gradients + AdamW state), teacher-forced accuracy per
    family on validation scenes (an answer counts when every token and the end token are predicted: exactly
    when greedy decoding gives it), and forgetting (old-family accuracy before minus after);
-4. seed 0's `moe-top-u` model is saved in the hub layout (work/model) and scored with the model card's scorer
-   (greedy answers through `serving/hf_reference.py`) on the test split: old families and the new one.
-Writes results.json, report.md and PNGs to --out.
+4. seed 0's `moe-top-u` model is saved in the hub layout (work/model-<key digest>) and scored with the model
+   card's scorer (greedy answers through `serving/hf_reference.py`) on the test split: old families and the new
+   one.
+Writes results.json, report.md and PNGs to --out. Resumable: the MoE stage and the shared per-seed measurements are
+kept in --work (moe_seed<N>.pt/json, seed<N>.json), each new-task run in work/variants.jsonl under the settings it
+depends on (`task_key`), reused only when they match.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import argparse
 import contextlib
 import copy
 import functools
+import hashlib
 import json
 import random
 import shlex
@@ -50,6 +57,7 @@ from tokencomp.training.moe import experts_of, router_load_loss, save_moe_llava,
 from tokencomp.training.moe_partial import (
     RouterRecorder,
     peak_step_bytes,
+    random_experts,
     routing_mass,
     top_experts,
     train_only_experts,
@@ -58,7 +66,7 @@ from tokencomp.training.optimizers import make_optimizer
 from tokencomp.training.recipes.tiny_llava_sequences import pad_batch, qa_sequence
 
 NEW_FAMILY = "size_name"
-VARIANTS = ("moe-top-u", "moe-all", "dense")
+VARIANTS = ("moe-top-u", "moe-random-u", "moe-all", "dense")
 GROUPS = ("image", "text")  # routing-mass groups: image tokens; question and answer tokens
 
 
@@ -83,9 +91,11 @@ class Config:
     keep_background: float = 0.25  # training sequences show every object and letter patch and this share of the rest
     moe_lr: float = 1e-3
     task_lr: float = 2e-3
+    replay: float = 0.0  # share of new-task training sequences that are old-family ones instead
     load_coef: float = 0.01
     card_questions: int = 40
     threads: int = 2
+    variants: tuple[str, ...] = VARIANTS
 
     @classmethod
     def smoke(cls, **overrides) -> Config:
@@ -96,21 +106,27 @@ class Config:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Config()
     for f in fields(Config):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)), default=None)
+        if f.name != "variants":
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)), default=None)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None, help="new-task runs to make")
     parser.add_argument("--smoke", action="store_true", help="a run of a minute or two on a few scenes, for tests")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     given = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
+    if "variants" in given:
+        given["variants"] = tuple(dict.fromkeys(given["variants"]))
     config = Config.smoke(**given) if args.smoke else Config(**given)
     for f in fields(Config):
         value = getattr(config, f.name)
-        if f.type in ("int", "float") and f.name not in ("router_std", "load_coef", "keep_background", "first_seed", "card_questions") \
-                and not value > 0:
+        if f.type in ("int", "float") and not value > 0 and f.name not in (
+                "router_std", "load_coef", "keep_background", "first_seed", "card_questions", "replay"):
             raise ValueError(f"--{f.name.replace('_', '-')} must be > 0, got {value}")
     if config.first_seed < 0 or config.card_questions < 0:
         raise ValueError(f"--first-seed and --card-questions must be >= 0, got {config.first_seed}, "
                          f"{config.card_questions}")
+    if not 0 <= config.replay < 1:
+        raise ValueError(f"--replay must be in [0, 1), got {config.replay}")
     if not 0 <= config.keep_background <= 1:
         raise ValueError(f"--keep-background must be in [0, 1], got {config.keep_background}")
     if not 1 <= config.top_k <= config.experts or not 1 <= config.u <= config.experts:
@@ -178,15 +194,21 @@ def _kept_patches(scene: scenes.Scene, keep_background: float, rng: np.random.Ge
     return np.flatnonzero(content | (rng.random(content.shape) < keep_background))
 
 
-def _train_batches(tokenizer, feats, make: Callable, config: Config, steps: int, seed: int) -> Iterator[tuple]:
-    """`steps` training batches of `config.batch` scenes with `make`'s questions; the sequences show a
-    `keep_background` share of the background (whole images cost several times the compute)."""
+def _train_batches(tokenizer, feats, make: Callable, config: Config, steps: int, seed: int,
+                   replay: float = 0.0) -> Iterator[tuple]:
+    """`steps` training batches of `config.batch` scenes (those with `make`'s questions) with `make`'s questions, or,
+    for each scene with probability `replay`, the old families' questions; the sequences show a `keep_background`
+    share of the background (whole images cost several times the compute). replay = 0 draws no extra random
+    numbers, so its batches are those of a recipe without replay."""
     rng, pick = np.random.default_rng(seed), random.Random(seed)
     pool = [i for i in range(len(feats)) if make("train", i, pick, config.turns)]
+    replayed = random.Random(seed + 1)
     for _ in range(steps):
         idx = rng.choice(pool, config.batch, replace=False)
         kept = [_kept_patches(scenes.make_scene("train", int(i)), config.keep_background, rng) for i in idx]
-        yield _batch(tokenizer, feats, idx, [make("train", int(i), pick, config.turns) for i in idx], rng, kept)
+        makes = [_old_questions if replay and replayed.random() < replay else make for _ in idx]
+        yield _batch(tokenizer, feats, idx, [m("train", int(i), pick, config.turns) for m, i in zip(makes, idx)],
+                     rng, kept)
 
 
 def _groups(ids: torch.Tensor, tokenizer, image_token: int) -> torch.Tensor:
@@ -285,10 +307,32 @@ def _frozen_unchanged(before: dict[str, torch.Tensor], model) -> bool:
     return all(torch.equal(before[name], p) for name, p in model.named_parameters() if not p.requires_grad)
 
 
-def run_seed(config: Config, seed: int, dense, tokenizer, train_feats, val_feats, work: Path) -> dict:
-    torch.manual_seed(seed)
-    result: dict = {"seed": seed}
-    moe = upcycle(dense, config.experts, config.top_k, config.router_std, seed=seed)
+_TASK_KEY = ("model", "experts", "top_k", "u", "router_std", "train_scenes", "val_scenes", "mass_scenes", "moe_steps",
+             "task_steps", "batch", "turns", "keep_background", "moe_lr", "task_lr", "replay", "load_coef")
+
+
+def task_key(config: Config) -> dict:
+    """The settings a new-task run depends on besides its seed and variant: a run in work/variants.jsonl is
+    reused only under the same key."""
+    return {name: getattr(config, name) for name in _TASK_KEY}
+
+
+def key_digest(config: Config) -> str:
+    """8 hex digits naming `task_key(config)` (the exported model's folder)."""
+    return hashlib.sha1(json.dumps(task_key(config), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _shared(config: Config, seed: int, dense, moe, tokenizer, train_feats, val_feats, work: Path) -> dict:
+    """What every variant of a seed starts from: the upcycling check, the MoE stage (trained, or read from work),
+    accuracy before the new task and the routing masses; kept in work/seed<N>.json."""
+    path = work / f"seed{seed}.json"
+    state_path = work / f"moe_seed{seed}.pt"
+    if path.exists() and state_path.exists():
+        split_experts(moe)
+        moe.load_state_dict(torch.load(state_path))
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("variants", "chosen")}
+    result: dict = {"seed": seed, "minutes": 0.0}
+    start = time.time()
     ids, labels, mask, positions, rows, _ = _batch(tokenizer, val_feats, range(min(4, len(val_feats))),
                                                    [_eval_questions(i) for i in range(min(4, len(val_feats)))],
                                                    np.random.default_rng(0))
@@ -297,7 +341,6 @@ def run_seed(config: Config, seed: int, dense, tokenizer, train_feats, val_feats
         moe_logits = moe.lm_head(lm_loss(moe.eval(), ids, labels, mask, positions, rows)[2][-1])
     result["upcycle_max_abs_logit_diff"] = float((dense_logits - moe_logits).abs().max())
     split_experts(moe)
-    state_path = work / f"moe_seed{seed}.pt"
     params = train_only_experts(moe, torch.arange(config.experts).expand(len(experts_of(moe)), -1))
     if state_path.exists():
         moe.load_state_dict(torch.load(state_path))
@@ -310,14 +353,34 @@ def run_seed(config: Config, seed: int, dense, tokenizer, train_feats, val_feats
         (work / f"moe_seed{seed}.json").write_text(json.dumps(stats))
     result["dense_before"] = evaluate(dense, tokenizer, val_feats, config.batch)
     result["moe_before"] = evaluate(moe, tokenizer, val_feats, config.batch)
-    mass_new = mass_on(moe, tokenizer, train_feats, _new_questions, config, "train")
-    mass_old = mass_on(moe, tokenizer, train_feats, _old_questions, config, "train")
-    result["mass_new"], result["mass_old"] = mass_new.tolist(), mass_old.tolist()
-    chosen = top_experts(mass_new[:, GROUPS.index("text")], config.u)
-    result["chosen"] = chosen.tolist()
+    result["mass_new"] = mass_on(moe, tokenizer, train_feats, _new_questions, config, "train").tolist()
+    result["mass_old"] = mass_on(moe, tokenizer, train_feats, _old_questions, config, "train").tolist()
+    result["minutes"] = (time.time() - start) / 60
+    path.write_text(json.dumps(result))
+    return result
+
+
+def run_seed(config: Config, seed: int, dense, processor, train_feats, val_feats, work: Path) -> dict:
+    """One seed: the shared start (`_shared`), then every variant in `config.variants` trained on the new task
+    (or read from work/variants.jsonl under the same `task_key`); seed 0's `moe-top-u` model is exported to
+    work/model-<key digest> when trained here."""
+    tokenizer = processor.tokenizer
+    torch.manual_seed(seed)
+    moe = upcycle(dense, config.experts, config.top_k, config.router_std, seed=seed)
+    result = _shared(config, seed, dense, moe, tokenizer, train_feats, val_feats, work)
+    split_experts(moe)
+    chosen = top_experts(torch.tensor(result["mass_new"])[:, GROUPS.index("text")], config.u)
+    picks = {"moe-top-u": chosen, "moe-random-u": random_experts(len(chosen), config.experts, config.u, seed),
+             "moe-all": torch.arange(config.experts).expand(len(chosen), -1)}
+    result["chosen"], result["random"] = chosen.tolist(), picks["moe-random-u"].tolist()
     result["variants"] = {}
-    top_u_model = None
-    for name in VARIANTS:
+    done_path, key = work / "variants.jsonl", task_key(config)
+    done = [json.loads(line) for line in done_path.open()] if done_path.exists() else []
+    for name in config.variants:
+        found = [r for r in done if r["seed"] == seed and r["variant"] == name and r["key"] == key]
+        if found:
+            result["variants"][name] = found[-1]["result"]
+            continue
         model = copy.deepcopy(dense if name == "dense" else moe)
         if name == "dense":
             model.requires_grad_(False)
@@ -325,20 +388,22 @@ def run_seed(config: Config, seed: int, dense, tokenizer, train_feats, val_feats
             model.lm_head.requires_grad_(True)
             params = [p for p in model.parameters() if p.requires_grad]
         else:
-            picks = chosen if name == "moe-top-u" else torch.arange(config.experts).expand(len(chosen), -1)
-            params = train_only_experts(model, picks)
+            params = train_only_experts(model, picks[name])
         before = {k: v.detach().clone() for k, v in model.named_parameters()}
-        batches = _train_batches(tokenizer, train_feats, _new_questions, config, config.task_steps, seed + 1)
+        batches = _train_batches(tokenizer, train_feats, _new_questions, config, config.task_steps, seed + 1,
+                                 config.replay)
+        start = time.time()
         stats = train(model, params, tokenizer, batches, config.task_lr, config.load_coef, config.task_steps, name)
         base = result["dense_before" if name == "dense" else "moe_before"]
         after = evaluate(model, tokenizer, val_feats, config.batch)
-        result["variants"][name] = {
-            **stats, "trainable": _trainable(params), "total": sum(p.numel() for p in model.parameters()),
-            "frozen_bit_identical": _frozen_unchanged(before, model), "after": after,
-            "forgetting": base["old"] - after["old"]}
-        if name == "moe-top-u":
-            top_u_model = model
-    result["model"] = top_u_model
+        run = {**stats, "trainable": _trainable(params), "total": sum(p.numel() for p in model.parameters()),
+               "frozen_bit_identical": _frozen_unchanged(before, model), "after": after,
+               "forgetting": base["old"] - after["old"], "minutes": (time.time() - start) / 60}
+        with done_path.open("a") as f:
+            f.write(json.dumps({"seed": seed, "variant": name, "key": key, "result": run}) + "\n")
+        result["variants"][name] = run
+        if name == "moe-top-u" and seed == 0:
+            save_moe_llava(model.eval(), work / f"model-{key_digest(config)}", processor)
     return result
 
 
@@ -362,7 +427,19 @@ def _mean_sd(values: list[float]) -> str:
     return f"{100 * mean:.1f}" if len(values) < 2 else f"{100 * mean:.1f} ± {100 * float(np.std(values, ddof=1)):.1f}"
 
 
-def plot(results: list[dict], out: Path) -> list[str]:
+def _paired(results: list[dict], get: Callable[[dict], float]) -> str:
+    """Per seed, `get` of moe-top-u minus that of moe-random-u, in points."""
+    return ", ".join(f"{100 * (get(r['variants']['moe-top-u']) - get(r['variants']['moe-random-u'])):+.1f}"
+                     for r in results)
+
+
+_COLOURS = {"moe-top-u": "tab:green", "moe-random-u": "tab:orange", "moe-all": "tab:blue", "dense": "tab:gray"}
+
+
+def plot(results: list[dict], variants: tuple[str, ...], out: Path) -> list[str]:
+    """moe.png (each variant's new-task accuracy, forgetting, trainable parameters, first-step peak; bars = mean,
+    dots = seeds) and routing.png (seed 0's routing-mass shares per layer and expert; red: the top-u experts,
+    dashed orange: the random ones)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -373,11 +450,11 @@ def plot(results: list[dict], out: Path) -> list[str]:
                ("trainable parameters (M)", lambda v: v["trainable"] / 1e6),
                ("first-step peak allocation (MB)", lambda v: v["peak_step_bytes"] / 1e6))
     for ax, (title, get) in zip(axes, metrics):
-        for x, name in enumerate(VARIANTS):
+        for x, name in enumerate(variants):
             values = [get(r["variants"][name]) for r in results]
-            ax.bar(x, np.mean(values), color=("tab:green", "tab:blue", "tab:gray")[x], alpha=0.7)
+            ax.bar(x, np.mean(values), color=_COLOURS[name], alpha=0.7)
             ax.scatter([x] * len(values), values, color="k", s=12, zorder=3)
-        ax.set_xticks(range(len(VARIANTS)), VARIANTS)
+        ax.set_xticks(range(len(variants)), variants, fontsize=8)
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "moe.png", dpi=110)
@@ -397,23 +474,31 @@ def plot(results: list[dict], out: Path) -> list[str]:
         for layer, picks in enumerate(first["chosen"]):
             for e in picks:
                 ax.add_patch(plt.Rectangle((e - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
+        if "moe-random-u" in variants:
+            for layer, picks in enumerate(first["random"]):
+                for e in picks:
+                    ax.add_patch(plt.Rectangle((e - 0.4, layer - 0.4), 0.8, 0.8, fill=False, edgecolor="orange",
+                                               lw=1.5, ls="--"))
     fig.colorbar(image, ax=axes, shrink=0.8, label="share of the layer's routing mass")
     fig.savefig(out / "routing.png", dpi=110)
     plt.close(fig)
     return ["moe.png", "routing.png"]
 
 
-def report(config: Config, results: list[dict], card: dict, command: str, minutes: float) -> str:
+def report(config: Config, results: list[dict], card: dict, command: str, minutes: float, model_dir: Path) -> str:
     lines = [
         "# Multimodal MoE with partial expert updates", "",
-        f"Command: `{command}` on the shared 2-core machine ({len(results)} seed(s); each seed took "
-        + ", ".join(f"{r.get('minutes', float('nan')):.0f}" for r in results)
-        + f" min, and this invocation {minutes:.0f} min: seeds already in --work are read, not rerun).", "",
+        (f"Command: `{command}` on the shared 2-core machine ({len(results)} seed(s); this invocation took "
+         f"{minutes:.0f} min: runs already in --work under the same settings are read, not rerun; each run's own "
+         "minutes are in results.json)."), "",
         (f"The shipped tiny LLaVA's LLaMA is upcycled into a Mixtral text model, E = {config.experts} experts per "
          f"layer, top-{config.top_k} routing; a MoE stage trains routers and experts on the old families "
         f"({config.moe_steps} steps of {config.batch} scenes x {config.turns} questions); then the new family "
         f"(\"What size is the <colour> <shape>?\", answers small / medium / large) trains for {config.task_steps} "
-        "steps on its own questions. Accuracy is teacher-forced exact answers on "
+        f"steps on its own questions (lr {config.task_lr}, u = {config.u}"
+        + (f"; each sequence is with probability {config.replay} an old-family one instead: replay" if config.replay
+           else "; no replay of old data") + "), every variant on the same batches. Accuracy is teacher-forced "
+        "exact answers on "
         f"{config.val_scenes} validation scenes; forgetting is the old families' mean accuracy before minus after."),
         "", "Upcycling check: largest |difference| of the logits on 4 validation scenes' sequences, dense vs "
         "upcycled at init: "
@@ -421,7 +506,7 @@ def report(config: Config, results: list[dict], card: dict, command: str, minute
         ("| variant | trainable params | median step (s) | first-step peak (MB) | new task (%) | old families (%) | "
          "forgetting (points) | frozen experts bit-identical |"),
         "|---|---|---|---|---|---|---|---|"]
-    for name in VARIANTS:
+    for name in config.variants:
         runs = [r["variants"][name] for r in results]
         lines.append(
             f"| {name} | {runs[0]['trainable']:,} of {runs[0]['total']:,} | "
@@ -438,7 +523,7 @@ def report(config: Config, results: list[dict], card: dict, command: str, minute
               "Per family after the new task (mean over seeds, %):", "",
               "| variant | " + " | ".join((*scenes.FAMILIES, NEW_FAMILY)) + " |",
               "|---|" + "---|" * (len(scenes.FAMILIES) + 1)]
-    for name in ("dense (before)", "moe (before)", *VARIANTS):
+    for name in ("dense (before)", "moe (before)", *config.variants):
         if name.endswith("(before)"):
             scores = [r["dense_before" if name.startswith("dense") else "moe_before"] for r in results]
         else:
@@ -447,11 +532,20 @@ def report(config: Config, results: list[dict], card: dict, command: str, minute
             f"{100 * np.mean([s.get(f, float('nan')) for s in scores]):.1f}" for f in (*scenes.FAMILIES, NEW_FAMILY))
             + " |")
     lines += ["", "Experts trained by `moe-top-u` (per layer, by routing mass on the new task's question and "
-              "answer tokens): " + "; ".join(f"seed {r['seed']}: {r['chosen']}" for r in results) + ".", "",
-              "![variants](moe.png)", "", "![routing](routing.png)", ""]
+              "answer tokens): " + "; ".join(f"seed {r['seed']}: {r['chosen']}" for r in results) + "."]
+    if {"moe-top-u", "moe-random-u"} <= set(config.variants):
+        same = [sum(a == b for a, b in zip(r["chosen"], r["random"])) for r in results]
+        lines += ["", "Drawn at random for `moe-random-u`: " + "; ".join(
+            f"seed {r['seed']}: {r['random']} ({n} of {len(r['chosen'])} layers the same as top-u)"
+            for r, n in zip(results, same)) + ".", "",
+            "Top-u minus random-u on the same batches, per seed (points): new task "
+            + _paired(results, lambda v: v["after"][NEW_FAMILY]) + "; forgetting "
+            + _paired(results, lambda v: v["forgetting"]) + "."]
+    lines += ["", "![variants](moe.png)", "", "![routing](routing.png)", ""]
     if card:
         old = card["old"]
-        lines += [f"Seed 0's `moe-top-u` model, exported in the hub layout and scored by the model card's greedy "
+        lines += [f"Seed 0's `moe-top-u` model (`{model_dir}`), exported in the hub layout and scored by the model "
+                  "card's greedy "
                   f"scorer on the test split ({card['questions']} old-family questions; {card['questions']} "
                   f"new-family ones): old overall {100 * old['overall']:.1f} % ("
                   + ", ".join(f"{f} {100 * old[f]:.0f}" for f in scenes.FAMILIES if f in old)
@@ -470,27 +564,17 @@ def main(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     dense = LlavaForConditionalGeneration.from_pretrained(config.model).eval()
     processor = AutoProcessor.from_pretrained(config.model)
-    tokenizer = processor.tokenizer
     dense.requires_grad_(False)
     train_feats = cache_features(dense, processor, "train", config.train_scenes, work)
     val_feats = cache_features(dense, processor, "val", config.val_scenes, work)
-    model_dir, results = work / "model", []
-    for seed in range(config.first_seed, config.first_seed + config.seeds):  # kept in `work`: a run resumes
-        done = work / f"seed{seed}.json"
-        if not done.exists():
-            seed_start = time.time()
-            result = run_seed(config, seed, dense, tokenizer, train_feats, val_feats, work)
-            result["minutes"] = (time.time() - seed_start) / 60
-            model = result.pop("model")
-            if seed == 0:
-                save_moe_llava(model.eval(), model_dir, processor)
-            done.write_text(json.dumps(result))
-        results.append(json.loads(done.read_text()))
+    model_dir = work / f"model-{key_digest(config)}"
+    results = [run_seed(config, seed, dense, processor, train_feats, val_feats, work)
+               for seed in range(config.first_seed, config.first_seed + config.seeds)]
     card = card_scores(model_dir, config.card_questions) if config.card_questions and model_dir.exists() else {}
     minutes = (time.time() - start) / 60
     (out / "results.json").write_text(json.dumps({"config": asdict(config), "seeds": results, "card": card,
                                                   "model": str(model_dir), "minutes": minutes}, indent=1))
-    plot(results, out)
-    (out / "report.md").write_text(report(config, results, card, command, minutes))
+    plot(results, config.variants, out)
+    (out / "report.md").write_text(report(config, results, card, command, minutes, model_dir))
     print(f"wrote {out / 'report.md'}; model {model_dir}")
     return 0

@@ -122,3 +122,17 @@ def test_bad_arguments_are_refused(tmp_path):
                           (["--beta", "-1"], "--beta")):
         with pytest.raises(ValueError, match=message):
             optima.config_from_args(parser.parse_args(["--out", str(tmp_path), *argv]))
+
+
+def test_paired_by_seed_matches_a_hand_computed_t_interval():
+    # optima minus task per seed: +0.02, +0.04, +0.00 -> mean 0.02, sd 0.02, half width t(0.975, 2) * 0.02 / sqrt 3
+    accuracy = {("optima", 0): 0.52, ("optima", 1): 0.54, ("optima", 2): 0.50,
+                ("task", 0): 0.50, ("task", 1): 0.50, ("task", 2): 0.50, ("kd", 0): 0.40}
+    runs = [{"method": m, "seed": s, "test": {"overall": a}} for (m, s), a in accuracy.items()]
+    got = optima.paired_by_seed(runs, "optima", "task")
+    assert got["seeds"] == [0, 1, 2]
+    assert got["diffs"] == pytest.approx([0.02, 0.04, 0.0])
+    half = 4.302652729911275 * 0.02 / 3 ** 0.5
+    assert got["mean"] == pytest.approx(0.02)
+    assert got["interval"] == pytest.approx((0.02 - half, 0.02 + half))
+    assert optima.paired_by_seed(runs, "optima", "kd") is None  # one shared seed: no interval

@@ -264,6 +264,21 @@ def _summary(runs: list[dict], split: str, key: str) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
+def paired_by_seed(runs: list[dict], method: str, baseline: str, key: str = "overall") -> dict | None:
+    """`method` minus `baseline` in test accuracy `key`, per seed both ran (same batches, same start), with the
+    mean and its two-sided 95 % Student-t interval over seeds; None when fewer than two seeds have both."""
+    from scipy import stats
+
+    by = {(r["method"], r["seed"]): r["test"][key] for r in runs}
+    seeds = sorted(s for m, s in by if m == method and (baseline, s) in by)
+    if len(seeds) < 2:
+        return None
+    diffs = np.array([by[method, s] - by[baseline, s] for s in seeds])
+    half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
+    return {"seeds": seeds, "diffs": diffs.tolist(), "mean": float(diffs.mean()),
+            "interval": (float(diffs.mean() - half), float(diffs.mean() + half))}
+
+
 def write_report(results: dict, config: Config, out: Path, command: str) -> None:
     """report.md and the plots from results.json's content."""
     import matplotlib
@@ -321,6 +336,14 @@ def write_report(results: dict, config: Config, out: Path, command: str) -> None
         for a in run["log"]["arms"]:
             picks[a] = picks.get(a, 0) + 1
     n_test, n_val = teacher["test"]["questions"], teacher["val"]["questions"]
+    paired = ["| OPTIMA minus | per seed (points) | mean | 95 % t-interval over seeds | interval excludes 0 |",
+              "|---|---|---:|---|---|"]
+    for baseline in (m for m in config.methods if m != "optima"):
+        p = paired_by_seed(results["runs"], "optima", baseline)
+        if p:
+            lo, hi = p["interval"]
+            paired.append(f"| {baseline} | " + ", ".join(f"{100 * d:+.1f}" for d in p["diffs"])
+                          + f" | {100 * p['mean']:+.1f} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {lo > 0 or hi < 0} |")
     text = [
         "# OPTIMA: module-wise bandit distillation of a 2-block student",
         "",
@@ -335,6 +358,11 @@ def write_report(results: dict, config: Config, out: Path, command: str) -> None
         "(= greedy exact match)."),
         "",
         *lines,
+        "",
+        ("Paired by seed (each seed's methods train on the same batches from the same start), test overall "
+         "accuracy:"),
+        "",
+        *(paired if len(paired) > 2 else ["(fewer than two seeds with both methods)"]),
         "",
         f"OPTIMA's arms over all seeds' episodes: {json.dumps(picks)}.",
         "",
@@ -369,14 +397,23 @@ def run_recipe(config: Config, command: str) -> dict:
     def scores(model) -> dict:
         return {"val": accuracy(model, tokenizer, "val", val_feats), "test": accuracy(model, tokenizer, "test", test_feats)}
 
-    results = {"config": asdict(config), "layer_map": layer_map, "teacher": scores(teacher),
-               "untrained_student": scores(distill.build_student(teacher, config.student_layers)),
+    # the teacher's and the untrained student's scores depend only on these: kept in work, not recomputed
+    reference_key = {k: getattr(config, k) for k in ("teacher", "student_layers", "val_scenes", "test_scenes")}
+    reference_path = work / "reference_scores.json"
+    reference = json.loads(reference_path.read_text()) if reference_path.exists() else {}
+    if reference.get("key") != reference_key:
+        reference = {"key": reference_key, "teacher": scores(teacher),
+                     "untrained_student": scores(distill.build_student(teacher, config.student_layers))}
+        reference_path.write_text(json.dumps(reference))
+    results = {"config": asdict(config), "layer_map": layer_map, "teacher": reference["teacher"],
+               "untrained_student": reference["untrained_student"],
                "arms": arm_list(distill.module_names(config.student_layers), config.arms), "runs": []}
     done_path = work / "runs.jsonl"
     done = [json.loads(line) for line in done_path.open()] if done_path.exists() else []
     key = {k: v for k, v in asdict(config).items() if k not in ("out", "work", "seeds", "methods", "threads")}
-    for method in config.methods:
-        for seed in range(config.seeds):
+    # seed by seed, so that an interrupted run leaves every method with as many seeds as possible
+    for seed in range(config.seeds):
+        for method in config.methods:
             found = [r for r in done if r["method"] == method and r["seed"] == seed and r["key"] == key]
             if found:
                 results["runs"].append(found[-1])

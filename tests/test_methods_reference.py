@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import tokencomp
 from tests.helpers import make_signals
 from tokencomp.methods.cdpruner import greedy_map_dpp
-from tokencomp.methods.id_pruner import ALPHA, objective, select_by_coverage
+from tokencomp.methods.id_pruner import ALPHA, BANDWIDTH, distinctness, objective, select_by_coverage
 
 
 def _cos(x: torch.Tensor) -> np.ndarray:
@@ -143,12 +143,54 @@ def _problem(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(_cos(tokens)).clamp(min=0), torch.from_numpy(_minmax(sig["cls_attn"].double().numpy()))
 
 
-def _naive_greedy(sim, r, k, alpha) -> list[int]:
+def _naive_weights(cos: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Coverage weights by the definition, one token at a time: 1 / sum_v exp((cos_uv - 1) / bandwidth), normalised."""
+    inverse = np.array([1 / sum(math.exp((c - 1) / bandwidth) for c in row) for row in cos])
+    return inverse / inverse.sum()
+
+
+def _naive_greedy(sim, r, k, alpha, weight=None) -> list[int]:
     picks: list[int] = []
     for _ in range(k):
-        gains = {i: objective(sim, r, picks + [i], k, alpha) for i in range(len(r)) if i not in picks}
+        gains = {i: objective(sim, r, picks + [i], k, alpha, weight) for i in range(len(r)) if i not in picks}
         picks.append(max(gains, key=lambda i: (gains[i], -i)))
     return picks
+
+
+def test_distinctness_matches_hand_computation():
+    # three copies of one direction and one orthogonal token: densities 3 + e^-10 (twice 0 -> e^-10 each) ...
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    e = math.exp(-1 / 0.1)
+    inverse = np.array([1 / (3 + e)] * 3 + [1 / (1 + 3 * e)])
+    expected = inverse / inverse.sum()  # ~ [1/6, 1/6, 1/6, 1/2]: the group weighs what the lone token does
+    got = distinctness(tokencomp.base.cosine_matrix(x), 0.1)
+    assert np.allclose(got.numpy(), expected, atol=1e-6)
+    assert abs(got[:3].sum().item() - got[3].item()) < 1e-4
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_distinctness_matches_naive_definition(seed):
+    tokens, _ = make_signals(30, 6, seed=seed)
+    cos = _cos(tokens)
+    got = distinctness(torch.from_numpy(cos).float(), BANDWIDTH)
+    assert np.allclose(got.numpy(), _naive_weights(cos, BANDWIDTH), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="bandwidth must be > 0, got 0"):
+        distinctness(torch.from_numpy(cos).float(), 0)
+
+
+def test_weighted_coverage_keeps_a_lone_token_where_uniform_keeps_a_second_large_group():
+    # two groups of 20 identical tokens (cos 0.6 between them) and one token unlike both (a sign letter). Uniform
+    # coverage: after one group, the other adds 20 x 0.4 = 8 > the lone token's 1. Distinctness weights give
+    # each group about one token's worth, so the second group adds ~0.4 / 1.4 < the lone token's share.
+    x = torch.tensor([[1.0, 0.5, 0.0]] * 20 + [[1.0, -0.5, 0.0]] * 20 + [[0.0, 0.0, 1.0]])
+    sim = tokencomp.base.cosine_matrix(x).clamp(min=0)
+    r = torch.zeros(len(x))
+    w = distinctness(sim, BANDWIDTH)
+    uniform = select_by_coverage(sim, r, 2, 0.0).tolist()
+    kept = select_by_coverage(sim, r, 2, 0.0, weight=w).tolist()
+    assert sorted(i // 20 for i in uniform) == [0, 1]  # one token of each group, the lone token left out
+    assert kept[1] == 40 and kept[0] < 40
+    assert _naive_greedy(sim.double(), r.double(), 2, 0.0, w.double())[1] == 40
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -158,31 +200,43 @@ def test_lazy_greedy_equals_naive_greedy(seed, alpha):
     assert select_by_coverage(sim.float(), r.float(), 10, alpha).tolist() == _naive_greedy(sim, r, 10, alpha)
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("alpha", [0.0, ALPHA, 0.5])
+def test_lazy_greedy_equals_naive_greedy_with_distinctness_weights(seed, alpha):
+    sim, r = _problem(40, seed)
+    w = torch.from_numpy(_naive_weights(sim.numpy(), BANDWIDTH))
+    picks = select_by_coverage(sim.float(), r.float(), 10, alpha, weight=w.float()).tolist()
+    assert picks == _naive_greedy(sim, r, 10, alpha, w)
+
+
 def test_batched_lazy_greedy_equals_naive_greedy_per_image():
     problems = [_problem(40, seed) for seed in range(3)]
     sim = torch.stack([p[0] for p in problems]).float()
     r = torch.stack([p[1] for p in problems]).float()
-    picks = select_by_coverage(sim, r, 10, 0.5)
+    w = distinctness(sim, BANDWIDTH)
+    picks = select_by_coverage(sim, r, 10, 0.5, weight=w)
     assert picks.shape == (3, 10)
     for b, (s, rb) in enumerate(problems):
-        assert picks[b].tolist() == _naive_greedy(s, rb, 10, 0.5), b
+        assert picks[b].tolist() == _naive_greedy(s, rb, 10, 0.5, w[b].double()), b
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_objective_is_monotone_and_greedy_is_within_1_minus_1_over_e(seed):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_objective_is_monotone_and_greedy_is_within_1_minus_1_over_e(seed, weighted):
     n, k, alpha = 12, 4, 0.5
     sim, r = _problem(n, seed)
+    w = torch.from_numpy(_naive_weights(sim.numpy(), BANDWIDTH)) if weighted else None
     values = {}
     for size in range(k + 1):
         for subset in itertools.combinations(range(n), size):
-            values[subset] = objective(sim, r, list(subset), k, alpha)
+            values[subset] = objective(sim, r, list(subset), k, alpha, w)
     for subset, value in values.items():  # monotone: adding any element never lowers F
         for extra in range(n):
             if extra not in subset and len(subset) < k:
                 assert values[tuple(sorted(subset + (extra,)))] >= value - 1e-9
     optimum = max(v for s, v in values.items() if len(s) == k)
-    greedy = objective(sim, r, select_by_coverage(sim.float(), r.float(), k, alpha).tolist(), k, alpha)
-    assert greedy >= (1 - 1 / math.e) * optimum
+    picks = select_by_coverage(sim.float(), r.float(), k, alpha, weight=None if w is None else w.float())
+    assert objective(sim, r, picks.tolist(), k, alpha, w) >= (1 - 1 / math.e) * optimum
 
 
 def test_id_pruner_spends_rho_k_on_top_importance_then_coverage():
@@ -192,8 +246,9 @@ def test_id_pruner_spends_rho_k_on_top_importance_then_coverage():
     out = tokencomp.compress(tokens, 16, "id_pruner", cls_attn=sig["cls_attn"], rho=rho)
     top = torch.sort(r, descending=True, stable=True).indices[:8]
     assert set(top.tolist()) <= set(out.index.tolist())
-    sim = torch.from_numpy(_cos(tokens)).float()
-    rest = select_by_coverage(sim, r.float(), 16, ALPHA, preselected=top)
+    cos = _cos(tokens)
+    w = torch.from_numpy(_naive_weights(cos, BANDWIDTH)).float()
+    rest = select_by_coverage(torch.from_numpy(cos).float(), r.float(), 16, ALPHA, preselected=top, weight=w)
     assert out.index.tolist() == sorted(rest.tolist())
 
 
